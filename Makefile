@@ -1,0 +1,44 @@
+# covidct-triton: one Makefile behind the README's two commands.
+#   make demo   set up a fresh machine and run the main job on the built-in demo
+#   make test   set up (if needed) and run the test suite
+PYTHON_BOOTSTRAP ?= python3
+VENV            ?= .venv
+PY              := $(VENV)/bin/python
+PIP             := $(VENV)/bin/pip
+TRITON_DIR      ?= .triton
+PYTRITON_WHEEL  ?= nvidia-pytriton==0.7.0
+# The Python-backend stub of Triton 2.51 returns empty output tensors with numpy 2;
+# the stub gets numpy 1.26 from a site of its own (see docs in README, "Serving").
+STUB_NUMPY      ?= numpy==1.26.4
+SHARED_DATA     ?= $(abspath ../shared/data/covid-ct-md)
+PYTEST_ARGS     ?=
+
+.PHONY: setup demo test test-unit test-integration bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[serve,train,dev]"
+	touch $@
+
+$(TRITON_DIR)/.installed: $(VENV)/.installed
+	$(PIP) install -q --no-deps --target $(TRITON_DIR) $(PYTRITON_WHEEL)
+	$(PIP) install -q --no-deps --target $(TRITON_DIR)/stub-site $(STUB_NUMPY)
+	touch $@
+
+setup: $(VENV)/.installed $(TRITON_DIR)/.installed
+
+demo: setup
+	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m covidct demo
+
+test: setup
+	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup
+	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(TRITON_DIR) .pytest_cache

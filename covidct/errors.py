@@ -1,0 +1,156 @@
+"""The one exception hierarchy of covidct-triton.
+
+Every error the bundle raises on purpose derives from :class:`CovidCTError`. Input
+problems also derive from :class:`ValueError`, so generic callers can catch them the
+usual way. Messages name the file, the DICOM tag ``(gggg,eeee)`` or the tensor, the
+value found and what was expected; low-level causes are chained with ``raise ... from``.
+
+Layout::
+
+    CovidCTError
+    +-- InputError (ValueError)            bad data handed to the bundle
+    |   +-- SeriesReadError                a series cannot be turned into a volume
+    |   |   +-- EmptySeriesError           folder/zip holds no usable file
+    |   |   +-- NotDicomError              0-byte or non-DICOM file
+    |   |   +-- MissingPixelDataError      (7FE0,0010) absent
+    |   |   +-- PixelDecodeError           corrupt or undecodable pixel data
+    |   |   +-- ModalityError              (0008,0060) is not CT
+    |   |   +-- GeometryMismatchError      mixed (0028,0010)/(0028,0011), orientation
+    |   |   +-- DuplicatePositionError     two slices at one position
+    |   |   +-- SliceGapError              missing slices (position gaps)
+    |   |   +-- RescaleMissingError        (0028,1052)/(0028,1053) absent
+    |   |   +-- TooFewSlicesError          one slice only
+    |   |   +-- TooManySlicesError         above the configured maximum
+    |   |   +-- UnsafeArchivePathError     zip entry pointing outside its root
+    |   |   +-- UnsupportedFormatError     not DICOM/zip/NIfTI/TIFF/array
+    |   |   +-- MixedSeriesError           no rule picks one series
+    |   +-- VolumeError                    an in-memory volume has the wrong dtype/shape
+    |   +-- TensorInputError               a server request tensor is malformed
+    +-- ConfigError (ValueError)           a config or checkpoint does not fit
+    |   +-- CheckpointError
+    +-- DatasetError (ValueError)          training data layout problems
+    +-- ExportError                        export / repository generation failed
+    |   +-- ParityError                    exported model disagrees with torch
+    |   +-- TensorRTUnavailableError       TensorRT is not installed here
+    +-- ServerError                        Triton launcher problems
+    +-- ClientError                        client-side transport problems
+"""
+
+from __future__ import annotations
+
+
+def dicom_tag(group: int, element: int) -> str:
+    """Format a DICOM tag the way error messages show it: ``(0028,0010)``."""
+    return f"({group:04X},{element:04X})"
+
+
+class CovidCTError(Exception):
+    """Base of every error raised on purpose by covidct-triton."""
+
+
+# ----------------------------------------------------------------------------- input
+class InputError(CovidCTError, ValueError):
+    """Bad data handed to the bundle (files, arrays, request tensors)."""
+
+
+class SeriesReadError(InputError):
+    """A patient series cannot be turned into one CT volume."""
+
+
+class EmptySeriesError(SeriesReadError):
+    """A folder or archive holds no usable file."""
+
+
+class NotDicomError(SeriesReadError):
+    """A file is empty or is not DICOM."""
+
+
+class MissingPixelDataError(SeriesReadError):
+    """A DICOM image has no Pixel Data (7FE0,0010)."""
+
+
+class PixelDecodeError(SeriesReadError):
+    """Pixel data is corrupt, truncated, or needs a decoder that is not installed."""
+
+
+class ModalityError(SeriesReadError):
+    """A series is not CT (0008,0060)."""
+
+
+class GeometryMismatchError(SeriesReadError):
+    """Slices disagree in Rows/Columns, orientation or spacing."""
+
+
+class DuplicatePositionError(SeriesReadError):
+    """Two slices share one patient position."""
+
+
+class SliceGapError(SeriesReadError):
+    """Slice positions have a gap: slices are missing."""
+
+
+class RescaleMissingError(SeriesReadError):
+    """Rescale Intercept (0028,1052) or Rescale Slope (0028,1053) is missing."""
+
+
+class TooFewSlicesError(SeriesReadError):
+    """A series has fewer slices than a volume needs."""
+
+
+class TooManySlicesError(SeriesReadError):
+    """A series has more slices than the configured maximum."""
+
+
+class UnsafeArchivePathError(SeriesReadError):
+    """A zip entry would resolve outside the archive's root."""
+
+
+class UnsupportedFormatError(SeriesReadError):
+    """The path is none of DICOM folder/zip, NIfTI, TIFF folder or numpy array."""
+
+
+class MixedSeriesError(SeriesReadError):
+    """Several series are present and the selection rule cannot pick one."""
+
+
+class VolumeError(InputError):
+    """An in-memory volume or array has the wrong dtype, rank or shape."""
+
+
+class TensorInputError(InputError):
+    """A request tensor sent to a Triton model is malformed (name, dtype, shape, value)."""
+
+
+# ---------------------------------------------------------------------------- config
+class ConfigError(CovidCTError, ValueError):
+    """A configuration file or value does not fit what the code expects."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing, corrupt, or its config does not match the network."""
+
+
+class DatasetError(CovidCTError, ValueError):
+    """A training/evaluation data set has a layout or label problem."""
+
+
+# ---------------------------------------------------------------------------- export
+class ExportError(CovidCTError):
+    """Exporting a model or generating a model repository failed."""
+
+
+class ParityError(ExportError):
+    """An exported model's outputs differ from the reference beyond tolerance."""
+
+
+class TensorRTUnavailableError(ExportError):
+    """TensorRT is not importable on this machine."""
+
+
+# --------------------------------------------------------------------------- serving
+class ServerError(CovidCTError):
+    """Starting, reaching or stopping the Triton server failed."""
+
+
+class ClientError(CovidCTError):
+    """The client could not complete a request (transport, server, deadline)."""
