@@ -1,0 +1,45 @@
+"""Container health check: exit 0 when Triton answers HTTP 200 on its readiness endpoint.
+
+Used by the image's HEALTHCHECK and by docker/compose.yaml. Standard library only, so it
+runs with the container's python3 (NVIDIA's image has no curl guarantee). Exit status:
+0 ready, 1 not ready (non-200 status, refused connection, timeout). Times in seconds.
+
+    python3 healthcheck.py [--url http://127.0.0.1:8000/v2/health/ready] [--timeout 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.request
+
+DEFAULT_URL = "http://127.0.0.1:8000/v2/health/ready"
+
+
+def is_ready(url: str, timeout_s: float) -> tuple[bool, str]:
+    """GET ``url``; (True, reason) only for HTTP 200, else (False, reason)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (fixed local URL)
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        return False, f"{url} answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"{url} unreachable: {exc}"
+    if status != 200:
+        return False, f"{url} answered HTTP {status}, expected 200"
+    return True, f"{url} answered HTTP 200"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=DEFAULT_URL, help="readiness URL (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds (default: %(default)s)")
+    args = parser.parse_args(argv)
+    ready, reason = is_ready(args.url, args.timeout)
+    print(reason, file=sys.stdout if ready else sys.stderr)
+    return 0 if ready else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
