@@ -121,6 +121,10 @@ class TensorInputError(InputError):
     """A request tensor sent to a Triton model is malformed (name, dtype, shape, value)."""
 
 
+class NoOpenLungError(InputError):
+    """Open-lung slice selection finds no dark (aerated) pixel in any slice's region."""
+
+
 # ---------------------------------------------------------------------------- config
 class ConfigError(CovidCTError, ValueError):
     """A configuration file or value does not fit what the code expects."""

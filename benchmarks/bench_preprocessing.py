@@ -1,0 +1,156 @@
+"""Preprocessing timings: ms per slice of windowing, masks, selection and model inputs.
+
+Not a test: prints a table (and optionally writes JSON). Run on one core for numbers
+comparable with the 2 ms/slice target (HU + masks + selection on 512x512)::
+
+    taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --slices 406 --out bench.json
+    taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --series /path/to/dicom_folder
+
+The volume is the synthetic phantom (``preprocessing.phantom.make_phantom``) unless
+``--series`` names a real series. Stages on the whole volume are reported per volume
+slice (N); stages after selection per selected slice (K). Each figure is the median of
+``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
+from preprocessing.hu_window import window_normalize  # noqa: E402
+from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
+from preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # noqa: E402
+from preprocessing.pipeline_steps import lung_select_step, preprocess_step  # noqa: E402
+from preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
+from preprocessing.volume import CTVolume  # noqa: E402
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall-clock and median CPU (process) milliseconds of ``repeats`` calls.
+
+    CPU time is the robust figure on a shared machine: it does not count the time the
+    process waits for a core that other jobs hold.
+    """
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - w0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def _load(args: argparse.Namespace) -> tuple[CTVolume, str]:
+    if args.series:
+        from preprocessing.series_reader import read_series
+
+        volume = read_series(args.series)
+        return volume, f"series {Path(args.series).name}"
+    from preprocessing.phantom import make_phantom
+
+    phantom = make_phantom(num_slices=args.slices, size=args.size, covid=True, seed=args.seed)
+    return phantom.volume, f"phantom seed {args.seed}"
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    volume, source = _load(args)
+    hu = volume.hu
+    n = hu.shape[0]
+    base = PipelineConfig()
+    crop_cfg = PipelineConfig(
+        classifier_input=ModelInputConfig(size=224, lung_crop=True, mask_channels=True)
+    )
+    selected = select_open_lung_slices(hu, base.selection).indices
+    sel_hu = np.ascontiguousarray(hu[selected])
+    k = int(selected.size)
+    spacing = np.asarray(volume.spacing_mm, dtype=np.float32)
+    r = args.repeats
+
+    def masks_and_selection() -> None:
+        window_normalize(hu, base.window)
+        lung_and_infection_masks(hu, base.masks)
+        select_open_lung_slices(hu, base.selection)
+
+    rows: list[tuple[str, str, tuple[float, float], int]] = [
+        ("window (HU -> [0,1])", "N", _median_ms(lambda: window_normalize(hu, base.window), r), n),
+        ("lung + infection masks", "N", _median_ms(lambda: lung_and_infection_masks(hu, base.masks), r), n),
+        ("open-lung selection", "N", _median_ms(lambda: select_open_lung_slices(hu, base.selection), r), n),
+        ("window + masks + selection", "N", _median_ms(masks_and_selection, r), n),
+        ("lung_select_step", "N", _median_ms(lambda: lung_select_step(hu, base), r), n),
+        ("classifier_inputs 224 (plain)", "K", _median_ms(lambda: classifier_inputs(sel_hu, base), r), k),
+        ("segmenter_inputs 256 (plain)", "K", _median_ms(lambda: segmenter_inputs(sel_hu, base), r), k),
+        (
+            "classifier_inputs 224 crop+masks",
+            "K",
+            _median_ms(lambda: classifier_inputs(sel_hu, crop_cfg), r),
+            k,
+        ),
+        ("preprocess_step (default cfg)", "K", _median_ms(lambda: preprocess_step(sel_hu, spacing, base), r), k),
+    ]
+    result = {
+        "source": source,
+        "shape": list(hu.shape),
+        "selected": k,
+        "repeats": r,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "stages": [
+            {
+                "stage": name,
+                "per": per,
+                "slices": cnt,
+                "wall_ms": round(wall, 2),
+                "cpu_ms": round(cpu, 2),
+                "wall_ms_per_slice": round(wall / cnt, 3),
+                "cpu_ms_per_slice": round(cpu / cnt, 3),
+            }
+            for name, per, (wall, cpu), cnt in rows
+        ],
+    }
+    return result
+
+
+def _print(result: dict[str, object]) -> None:
+    print(
+        f"{result['source']}: volume {result['shape']}, {result['selected']} selected slices, "
+        f"median of {result['repeats']}, CPUs {result['cpu_affinity']}"
+    )
+    print(f"{'stage':36s} {'per':>3s} {'wall ms':>9s} {'cpu ms':>9s} {'wall/slice':>10s} {'cpu/slice':>10s}")
+    for row in result["stages"]:  # type: ignore[union-attr]
+        print(
+            f"{row['stage']:36s} {row['per']:>3s} {row['wall_ms']:9.1f} {row['cpu_ms']:9.1f} "
+            f"{row['wall_ms_per_slice']:10.3f} {row['cpu_ms_per_slice']:10.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=406, help="phantom slices N (default 406)")
+    parser.add_argument("--size", type=int, default=512, help="phantom slice size in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    parser.add_argument("--series", type=str, default="", help="benchmark a real series instead")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per stage (median reported)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    result = run(args)
+    _print(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Checks of request tensors that reach the Triton Python models.
+
+Every check raises :class:`covidct.errors.TensorInputError` whose message names the
+tensor, what was received (dtype, shape or value) and what was expected, so a client
+sees why its request was refused. The functions return the (possibly made contiguous)
+array so that callers can write ``hu = validate_hu_volume(hu)``.
+
+Tensor names and their contract are in ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from covidct.errors import TensorInputError
+from preprocessing.config import ReaderConfig
+
+#: Smallest in-plane size (pixels) of a slice that the pipeline accepts.
+MIN_SLICE_SIZE = 32
+
+
+def describe(array: object) -> str:
+    """``"int16 [3, 512, 512]"`` for arrays, the type name otherwise."""
+    if isinstance(array, np.ndarray):
+        return f"{array.dtype} {list(array.shape)}"
+    return type(array).__name__
+
+
+def check_tensor(
+    array: object, name: str, dtype: np.dtype | type, shape: Sequence[int | None]
+) -> np.ndarray:
+    """Check ``array`` is an ndarray of ``dtype`` whose shape matches ``shape``.
+
+    ``shape`` entries are sizes or ``None``/``-1`` (any size). Returns a C-contiguous view/copy.
+    """
+    expected_dtype = np.dtype(dtype)
+    dims = ["-1" if d is None or d == -1 else str(d) for d in shape]
+    expected = f"{expected_dtype} [{', '.join(dims)}]"
+    if not isinstance(array, np.ndarray):
+        raise TensorInputError(f"{name}: got {describe(array)}; expected a numpy array {expected}")
+    if array.dtype != expected_dtype:
+        raise TensorInputError(f"{name}: got dtype {describe(array)}; expected {expected}")
+    if array.ndim != len(shape) or any(
+        d is not None and d != -1 and size != d for size, d in zip(array.shape, shape)
+    ):
+        raise TensorInputError(f"{name}: got shape {describe(array)}; expected {expected}")
+    return np.ascontiguousarray(array)
+
+
+def validate_hu_volume(
+    array: object,
+    name: str = "HU_VOLUME",
+    *,
+    min_slices: int = 1,
+    max_slices: int = ReaderConfig.max_slices,
+    min_size: int = MIN_SLICE_SIZE,
+) -> np.ndarray:
+    """An int16 HU volume ``[N, H, W]`` with ``min_slices <= N <= max_slices`` and ``H, W >= min_size``."""
+    hu = check_tensor(array, name, np.int16, (None, None, None))
+    n, h, w = hu.shape
+    if n < min_slices:
+        raise TensorInputError(
+            f"{name}: got {describe(hu)} with {n} slices; expected at least {min_slices} slice(s) [N, H, W]"
+        )
+    if n > max_slices:
+        raise TensorInputError(
+            f"{name}: got {describe(hu)} with {n} slices; expected at most {max_slices} slices"
+        )
+    if h < min_size or w < min_size:
+        raise TensorInputError(
+            f"{name}: got {describe(hu)}, slices {h}x{w} pixels; expected H, W >= {min_size}"
+        )
+    return hu
+
+
+def validate_spacing(array: object, name: str = "SPACING_MM") -> np.ndarray:
+    """Voxel spacing float32 ``[3]`` (z, y, x) in mm, finite and > 0."""
+    spacing = check_tensor(array, name, np.float32, (3,))
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise TensorInputError(
+            f"{name}: got [{', '.join(f'{v:g}' for v in spacing.tolist())}]; "
+            "expected three finite spacings > 0 mm (z, y, x)"
+        )
+    return spacing
+
+
+def validate_slice_counts(tensors: Mapping[str, np.ndarray], expected: int | None = None) -> int:
+    """All tensors have the same first dimension K (one entry per selected slice); returns K.
+
+    ``expected``: K required by the caller (e.g. the number of selected indices).
+    """
+    if not tensors:
+        raise TensorInputError("validate_slice_counts: no tensors given; expected at least one")
+    counts = {name: (int(t.shape[0]) if t.ndim else None) for name, t in tensors.items()}
+    values = set(counts.values())
+    if None in values:
+        scalar = [name for name, k in counts.items() if k is None]
+        raise TensorInputError(f"{', '.join(scalar)}: got a 0-d tensor; expected a slice axis first")
+    k = expected if expected is not None else next(iter(counts.values()))
+    if len(values) > 1 or k not in values:
+        listing = ", ".join(f"{name} has {c}" for name, c in counts.items())
+        raise TensorInputError(
+            f"slice counts differ: {listing}; expected {k} (one entry per selected slice) in every tensor"
+        )
+    if k < 1:
+        raise TensorInputError(f"{', '.join(counts)}: got 0 slices; expected at least 1 selected slice")
+    return k
+
+
+def validate_probabilities(array: np.ndarray, name: str) -> np.ndarray:
+    """Probabilities: finite and within [0, 1]."""
+    if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0.0 and array.max() <= 1.0):
+        finite = array[np.isfinite(array)]
+        lo = f"{finite.min():g}" if finite.size else "nan"
+        hi = f"{finite.max():g}" if finite.size else "nan"
+        raise TensorInputError(
+            f"{name}: got values {lo}..{hi} (or non-finite); expected probabilities in [0, 1]"
+        )
+    return array

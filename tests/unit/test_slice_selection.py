@@ -1,0 +1,78 @@
+"""Paper 002's open-lung slice selection on hand-built dark-pixel counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.errors import ConfigError, NoOpenLungError, VolumeError
+from preprocessing.config import SelectionConfig
+from preprocessing.slice_selection import dark_pixel_counts, scaled_region, select_open_lung_slices
+
+
+def _volume_with_counts(counts: list[int], size: int = 512) -> np.ndarray:
+    """Slices of 0 HU with exactly ``counts[i]`` pixels of -1000 HU inside the region."""
+    hu = np.zeros((len(counts), size, size), dtype=np.int16)
+    y0, y1 = 240 * size // 512, 340 * size // 512
+    x0, x1 = 120 * size // 512, 370 * size // 512
+    for i, c in enumerate(counts):
+        region = hu[i, y0:y1, x0:x1].reshape(-1)  # a copy: region is not contiguous in hu
+        region[:c] = -1000
+        hu[i, y0:y1, x0:x1] = region.reshape(y1 - y0, x1 - x0)
+    # Dark pixels outside the region never count.
+    hu[:, : 200 * size // 512, :] = -1000
+    hu[:, :, 400 * size // 512 :] = -1000
+    return hu
+
+
+def test_region_is_scaled_to_the_slice_size() -> None:
+    assert scaled_region(512, 512) == (240, 340, 120, 370)
+    assert scaled_region(256, 256) == (120, 170, 60, 185)
+    assert scaled_region(512, 1024) == (240, 340, 240, 740)
+
+
+def test_paper_example_threshold_and_strict_comparison() -> None:
+    hu = _volume_with_counts([3030, 30, 2000, 2001, 1000])
+    result = select_open_lung_slices(hu)
+    np.testing.assert_array_equal(result.dark_counts, [3030, 30, 2000, 2001, 1000])
+    assert result.dark_counts.dtype == np.int32
+    assert result.threshold == pytest.approx(2000.0)  # (3030 - 30) / 1.5
+    np.testing.assert_array_equal(result.indices, [0, 3])  # 2000 does not exceed 2000
+    assert result.indices.dtype == np.int32
+
+
+def test_dark_means_strictly_below_the_hu_threshold() -> None:
+    hu = np.zeros((1, 512, 512), dtype=np.int16)
+    hu[0, 250, 130:140] = -724  # not dark
+    hu[0, 251, 130:133] = -725  # dark
+    np.testing.assert_array_equal(dark_pixel_counts(hu), [3])
+    np.testing.assert_array_equal(dark_pixel_counts(hu, SelectionConfig(dark_threshold_hu=-723.0)), [13])
+
+
+def test_smaller_slices_use_the_scaled_region() -> None:
+    hu = _volume_with_counts([900, 0, 300], size=256)
+    result = select_open_lung_slices(hu)
+    np.testing.assert_array_equal(result.dark_counts, [900, 0, 300])
+    np.testing.assert_array_equal(result.indices, [0])  # threshold 600
+
+
+def test_equal_counts_keep_every_slice() -> None:
+    result = select_open_lung_slices(_volume_with_counts([500, 500, 500], size=128))
+    assert result.threshold == 0.0
+    np.testing.assert_array_equal(result.indices, [0, 1, 2])
+    single = select_open_lung_slices(_volume_with_counts([7], size=128))
+    np.testing.assert_array_equal(single.indices, [0])
+
+
+def test_no_dark_pixel_anywhere_raises() -> None:
+    with pytest.raises(NoOpenLungError, match=r"none of the 2 slices has a pixel below -724.0 HU"):
+        select_open_lung_slices(_volume_with_counts([0, 0], size=128))
+
+
+def test_selection_errors_name_the_problem() -> None:
+    with pytest.raises(VolumeError, match=r"non-empty \[N, H, W\] stack; got shape \(512, 512\)"):
+        select_open_lung_slices(np.zeros((512, 512), np.int16))
+    with pytest.raises(ConfigError, match=r"divisor=0"):
+        select_open_lung_slices(np.zeros((1, 64, 64), np.int16), SelectionConfig(divisor=0))
+    with pytest.raises(ConfigError, match=r"region_x=\(300, 200\)"):
+        scaled_region(512, 512, SelectionConfig(region_x=(300, 200)))
