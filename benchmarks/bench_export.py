@@ -1,0 +1,107 @@
+"""Exported-network timings: ONNX Runtime CPU latency per slice, ONNX file sizes.
+
+Not a test: exports each network (random weights, probability head, the exporter of
+:mod:`export.onnx_export`) into a temporary folder, then times ONNX Runtime CPU sessions
+at each batch size (slices per run) and intra-op thread count. Each figure is the
+median of ``--repeats`` runs after one warm-up run; ``ms/slice`` = wall time / slices.
+CPU time is reported too: on a shared machine it does not count waiting for a core::
+
+    .venv/bin/python -m benchmarks.bench_export                       # cnn6@224, resnet50v2_fpn@512
+    .venv/bin/python -m benchmarks.bench_export --networks cnn6:224 --batches 1 16 64 --out bench.json
+
+GPU (torch FP16 / TensorRT) latency is not measured here: no GPU on the dev machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _median_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU (process) milliseconds of ``repeats`` calls of ``fn``."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - w0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def export_random(name: str, size: int, folder: Path) -> tuple[Path, str, str, int]:
+    """Export ``name`` at ``size`` with random weights; (path, input, output, bytes)."""
+    import torch
+
+    from export.config import OnnxExportConfig
+    from export.onnx_export import export_network, runner_io
+    from preprocessing.config import ModelInputConfig, PipelineConfig
+    from training.registry import create_model
+
+    torch.manual_seed(0)
+    network = create_model(name, input_size=size)
+    cfg = network.model_config
+    inp = ModelInputConfig(size=size)
+    pipeline = PipelineConfig(classifier_input=inp, segmenter_input=inp)
+    result = export_network(
+        network, cfg, pipeline, folder / f"{name}_{size}.onnx",
+        io=runner_io(cfg.task), config=OnnxExportConfig(parity_batch_sizes=(1,)),
+    )
+    return result.path, result.input.name, result.output.name, result.size_bytes
+
+
+def bench_network(name: str, size: int, batches: list[int], threads: list[int], repeats: int, folder: Path):
+    import onnxruntime as ort
+
+    path, inp, out, size_bytes = export_random(name, size, folder)
+    rows = []
+    for n_threads in threads:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for batch in batches:
+            x = np.random.default_rng(0).random((batch, 1, size, size), dtype=np.float32)
+            session.run([out], {inp: x})  # warm-up
+            wall, cpu = _median_ms(lambda: session.run([out], {inp: x}), repeats)
+            rows.append({
+                "network": name, "size": size, "onnx_mb": size_bytes / 1e6, "threads": n_threads,
+                "batch": batch, "ms_per_slice": wall / batch, "cpu_ms_per_slice": cpu / batch,
+            })
+            print(f"{name:16s} {size:4d}  threads {n_threads}  batch {batch:3d}  "
+                  f"{wall / batch:8.2f} ms/slice  (cpu {cpu / batch:8.2f})", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_export", description=__doc__.split("\n")[0])
+    parser.add_argument("--networks", nargs="+", default=["cnn6:224", "resnet50v2_fpn:512"], metavar="NAME:SIZE")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.networks:
+            name, _, size = spec.partition(":")
+            rows += bench_network(name, int(size or 224), args.batches, args.threads, args.repeats, Path(tmp))
+    print("\nnetwork          size  ONNX MB  threads  batch  ms/slice  cpu ms/slice")
+    for r in rows:
+        print(f"{r['network']:16s} {r['size']:4d}  {r['onnx_mb']:7.1f}  {r['threads']:7d}  {r['batch']:5d}  "
+              f"{r['ms_per_slice']:8.2f}  {r['cpu_ms_per_slice']:12.2f}")
+    if args.out:
+        meta = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
