@@ -12,6 +12,10 @@ PYTRITON_WHEEL  ?= nvidia-pytriton==0.7.0
 STUB_NUMPY      ?= numpy==1.26.4
 SHARED_DATA     ?= $(abspath ../shared/data/covid-ct-md)
 PYTEST_ARGS     ?=
+# perf_analyzer: the real binary ships inside the tritonclient 2.50.0 wheel (2.60+ needs glibc 2.38);
+# it runs with the libb64/libcudart that nvidia-pytriton already bundles (symlinked, no apt, no CUDA).
+PERF_WHEEL      ?= tritonclient==2.50.0
+PERF_DIR        := $(TRITON_DIR)/perf_analyzer
 
 .PHONY: setup demo test test-unit test-integration bench clean
 
@@ -26,7 +30,16 @@ $(TRITON_DIR)/.installed: $(VENV)/.installed
 	$(PIP) install -q --no-deps --target $(TRITON_DIR)/stub-site $(STUB_NUMPY)
 	touch $@
 
-setup: $(VENV)/.installed $(TRITON_DIR)/.installed
+$(PERF_DIR)/.installed: $(TRITON_DIR)/.installed
+	rm -rf $(PERF_DIR) && mkdir -p $(PERF_DIR)/bin $(PERF_DIR)/lib $(PERF_DIR)/wheel
+	$(PIP) download -q --no-deps --only-binary=:all: --platform manylinux1_x86_64 -d $(PERF_DIR)/wheel $(PERF_WHEEL)
+	cd $(PERF_DIR) && $(abspath $(PY)) -c "import zipfile,glob,shutil; z=zipfile.ZipFile(glob.glob('wheel/*.whl')[0]); n=[m for m in z.namelist() if m.endswith('/bin/perf_analyzer')][0]; shutil.copyfileobj(z.open(n), open('bin/perf_analyzer','wb'))"
+	chmod +x $(PERF_DIR)/bin/perf_analyzer && rm -rf $(PERF_DIR)/wheel
+	ln -sf $(abspath $(TRITON_DIR))/nvidia_pytriton.libs/libb64-*.so.0d $(PERF_DIR)/lib/libb64.so.0d
+	ln -sf $(abspath $(TRITON_DIR))/nvidia_pytriton.libs/libcudart-*.so.12* $(PERF_DIR)/lib/libcudart.so.12
+	touch $@
+
+setup: $(VENV)/.installed $(TRITON_DIR)/.installed $(PERF_DIR)/.installed
 
 demo: setup
 	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m covidct demo
