@@ -1,0 +1,211 @@
+"""Frozen training configuration and the papers' settings as named presets.
+
+Resolution order: :class:`TrainConfig` defaults < preset (``--preset``) < explicit
+command-line options. The resolved config is written as ``train_config.json`` into the
+checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covidct.errors import ConfigError
+from preprocessing.config import config_from_dict
+from training.augment import AugmentConfig
+
+TRAIN_CONFIG_FILENAME = "train_config.json"
+DATA_KINDS = ("phantom", "lesion-insertion", "dicom-csv", "tiff", "nifti")
+OPTIMIZERS = ("adam", "nadam")
+TRAIN_SLICES = ("selected", "all")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training patients come from.
+
+    kind: ``phantom`` (synthetic, default), ``lesion-insertion`` (real normal series in
+    ``path`` + inserted lesions), ``dicom-csv`` (COVID-CT-MD layout: ``path/labels.csv``
+    + one DICOM folder per patient), ``tiff`` (COVID-CTset: ``path/<class>/<patient>/``
+    16-bit TIFF), ``nifti`` (``path/images``, ``path/infection_masks``, optional
+    ``path/lung_masks``; files paired by name).
+    phantom_*: synthetic patients (half positive), slices per patient, slice side (px).
+    insertion_copies: lesion-inserted copies per normal series (plus the normal itself).
+    seg_target: segmenter target mask, ``infection`` or ``lung``.
+    """
+
+    kind: str = "phantom"
+    path: str | None = None
+    phantom_patients: int = 12
+    phantom_slices: int = 40
+    phantom_size: int = 128
+    insertion_copies: int = 4
+    seg_target: str = "infection"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the data files themselves.
+
+    model: registry name; input_size/num_outputs/in_channels: None = registry default
+    (in_channels 3 when ``mask_channels``). loss: a name of ``training.losses.LOSSES``
+    (None = bce, cce for 2 outputs, focal_tversky for segmenters).
+    train_slices: ``selected`` (open-lung slices, as served) or ``all``.
+    empty_slice_fraction: fraction of segmenter slices without foreground kept
+    (paper 004 trains on positive slices only: 0.0). lr_schedule: ``constant`` (the
+    papers) or ``cosine`` (per epoch from ``lr`` down to 0, ours).
+    validation_fraction: patient-level hold-out (0 = none); folds/fold: k-fold instead.
+    """
+
+    model: str = "cnn6"
+    input_size: int | None = None
+    num_outputs: int | None = None
+    mask_channels: bool = False
+    lung_crop: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    loss: str | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train_slices: str = "selected"
+    empty_slice_fraction: float = 1.0
+    validation_fraction: float = 0.25
+    folds: int = 0
+    fold: int = 0
+    vote_fraction: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
+        if self.train_slices not in TRAIN_SLICES:
+            raise ConfigError(f"train_slices must be one of {TRAIN_SLICES}; got {self.train_slices!r}")
+        if self.data.kind not in DATA_KINDS:
+            raise ConfigError(f"data.kind must be one of {DATA_KINDS}; got {self.data.kind!r}")
+        if self.data.seg_target not in ("infection", "lung"):
+            raise ConfigError(f"data.seg_target must be 'infection' or 'lung'; got {self.data.seg_target!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be 'constant' or 'cosine'; got {self.lr_schedule!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if not 0.0 <= self.empty_slice_fraction <= 1.0:
+            raise ConfigError(f"empty_slice_fraction must be in [0, 1]; got {self.empty_slice_fraction}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be cpu or cuda[:n]; got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / TRAIN_CONFIG_FILENAME
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "TrainConfig":
+        return config_from_dict(cls, data, source)
+
+    @classmethod
+    def load(cls, directory_or_file: str | Path) -> "TrainConfig":
+        path = Path(directory_or_file)
+        if path.is_dir():
+            path = path / TRAIN_CONFIG_FILENAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: training config not found") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return cls.from_dict(data, source=str(path))
+
+
+# The papers' settings. Values a paper does not state are marked "(ours)".
+PRESETS: dict[str, dict[str, Any]] = {
+    # Paper 000: CNN6, 224x224, Adam, BCE, 25 epochs; lr/batch (ours): Keras defaults.
+    "paper000": {
+        "model": "cnn6", "input_size": 224, "optimizer": "adam", "lr": 1e-3,
+        "loss": "bce", "epochs": 25, "batch_size": 32,
+        "augment": {"rotation_deg": 10.0, "zoom": 0.1, "shift": 0.1},
+    },
+    # Paper 000 with the lung and infection masks as extra input channels.
+    "paper000-masks": {
+        "model": "cnn6", "input_size": 224, "mask_channels": True, "optimizer": "adam",
+        "lr": 1e-3, "loss": "bce", "epochs": 25, "batch_size": 32,
+        "augment": {"rotation_deg": 10.0, "zoom": 0.1, "shift": 0.1},
+    },
+    # Paper 002: ResNet50V2-FPN, 512x512, Nadam lr 1e-4, batch 14, CCE, 50 epochs,
+    # flips, rotation 0-360, zoom 5%, shift 5%.
+    "paper002": {
+        "model": "resnet50v2_fpn", "input_size": 512, "num_outputs": 2, "optimizer": "nadam",
+        "lr": 1e-4, "batch_size": 14, "loss": "cce", "epochs": 50,
+        "augment": {"hflip": True, "vflip": True, "rotation_deg": 180.0, "zoom": 0.05, "shift": 0.05},
+    },
+    "paper002-resnet": {
+        "model": "resnet50v2", "input_size": 512, "num_outputs": 2, "optimizer": "nadam",
+        "lr": 1e-4, "batch_size": 14, "loss": "cce", "epochs": 50,
+        "augment": {"hflip": True, "vflip": True, "rotation_deg": 180.0, "zoom": 0.05, "shift": 0.05},
+    },
+    # Paper 003 lung segmenter: Attention U-Net, focal Tversky, Adam, 50 epochs;
+    # lr/batch/size (ours).
+    "paper003-seg": {
+        "model": "attention_unet", "input_size": 256, "optimizer": "adam", "lr": 1e-3,
+        "loss": "focal_tversky", "epochs": 50, "batch_size": 8,
+        "data": {"seg_target": "lung"}, "augment": {"rotation_deg": 10.0, "zoom": 0.05, "shift": 0.05},
+    },
+    # Paper 003 classifier: EfficientNet-B4 on lung-cropped slices, BCE, Adam lr 1e-4,
+    # 100 epochs; batch (ours).
+    "paper003-cls": {
+        "model": "efficientnet_b4", "input_size": 380, "lung_crop": True, "optimizer": "adam",
+        "lr": 1e-4, "loss": "bce", "epochs": 100, "batch_size": 8,
+    },
+    # Paper 004: light U-Net on slices with infection only (under-sampling the empty
+    # ones); loss/lr/epochs (ours).
+    "paper004": {
+        "model": "unet", "input_size": 256, "optimizer": "adam", "lr": 1e-3, "loss": "bce_dice",
+        "epochs": 50, "batch_size": 8, "empty_slice_fraction": 0.0,
+        "data": {"seg_target": "infection"}, "train_slices": "all",
+    },
+    "paper004-fcn8s": {
+        "model": "fcn8s", "input_size": 256, "optimizer": "adam", "lr": 1e-4, "loss": "bce_dice",
+        "epochs": 50, "batch_size": 8, "empty_slice_fraction": 0.0,
+        "data": {"seg_target": "infection"}, "train_slices": "all",
+    },
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_train_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then ``PRESETS[preset]``, then ``overrides`` (nested dicts merge)."""
+    data = TrainConfig().to_dict()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        data = _merge(data, PRESETS[preset])
+    data = _merge(data, overrides or {})
+    return TrainConfig.from_dict(data, source=f"preset {preset}" if preset else "train config")

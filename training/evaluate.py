@@ -1,0 +1,188 @@
+"""Evaluation of a trained network on prepared patients.
+
+Classifiers: per-slice metrics on the labelled prepared slices (precision, recall, F1,
+accuracy, sensitivity, specificity, ROC AUC) and patient-level results through the
+serving path: the slices chosen by ``select_open_lung_slices`` on the whole volume are
+classified and :func:`preprocessing.patient_vote.patient_vote` decides (reported for the
+pipeline's vote fraction and for the authors' released 0.10).
+Segmenters: pooled Dice and pixel precision/recall at 0.5, against an all-background
+prediction.
+
+:func:`write_report` writes ``report.json`` plus PNG plots (ROC, confusion matrices,
+training curves when a history is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from covidct.errors import DatasetError
+from preprocessing.config import PipelineConfig, VoteConfig
+from preprocessing.patient_vote import patient_vote
+from training.datasets import PreparedPatient
+from training.metrics import classification_metrics, confusion_counts, roc_curve, segmentation_metrics
+from training.patients import UNLABELLED
+from training.predict import predict_probabilities
+
+REPORT_FILENAME = "report.json"
+RELEASED_CODE_VOTE_FRACTION = 0.10
+
+
+def _selected_probabilities(p: PreparedPatient, probs: np.ndarray) -> np.ndarray:
+    """Probabilities of the patient's selected slices, from those of its prepared slices."""
+    position = {int(v): i for i, v in enumerate(p.indices)}
+    missing = [int(s) for s in p.selected if int(s) not in position]
+    if missing:
+        raise DatasetError(
+            f"patient {p.patient_id}: selected slices {missing[:5]} were not prepared; "
+            f"prepare with slices='selected' or 'all'"
+        )
+    return probs[[position[int(s)] for s in p.selected]]
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    patients: Sequence[PreparedPatient],
+    pipeline: PipelineConfig,
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Slice-level and patient-level (selection + vote) results; see the module docstring."""
+    per_patient = []
+    all_labels, all_probs = [], []
+    votes = {
+        "pipeline": pipeline.vote,
+        "released_code": dataclasses.replace(pipeline.vote, positive_fraction=RELEASED_CODE_VOTE_FRACTION),
+    }
+    decisions: dict[str, list[tuple[int, int]]] = {k: [] for k in votes}
+    for p in patients:
+        probs = predict_probabilities(model, p.inputs, batch_size=batch_size, device=device)
+        labelled = p.slice_labels != UNLABELLED
+        all_labels.append(p.slice_labels[labelled])
+        all_probs.append(probs[labelled])
+        sel_probs = _selected_probabilities(p, probs)
+        entry: dict[str, Any] = {
+            "patient_id": p.patient_id,
+            "label": p.label,
+            "num_slices": p.num_slices,
+            "num_selected": int(len(p.selected)),
+        }
+        for name, vote_cfg in votes.items():
+            if len(sel_probs) == 0:
+                positive, fraction = False, 0.0
+            else:
+                result = patient_vote(sel_probs, vote_cfg)
+                positive, fraction = bool(result.positive), float(result.positive_fraction)
+            entry[f"vote_{name}"] = {"positive": positive, "positive_fraction": fraction,
+                                     "threshold": vote_cfg.positive_fraction}
+            decisions[name].append((p.label, int(positive)))
+        per_patient.append(entry)
+    labels = np.concatenate(all_labels) if all_labels else np.zeros(0)
+    probs = np.concatenate(all_probs) if all_probs else np.zeros(0)
+    slice_metrics = classification_metrics(labels, probs, threshold=pipeline.vote.slice_threshold)
+    fpr, tpr, _ = roc_curve(labels, probs)
+    patient_metrics = {}
+    for name, pairs in decisions.items():
+        y = np.array([a for a, _ in pairs])
+        pred = np.array([b for _, b in pairs])
+        counts = confusion_counts(y, pred)
+        patient_metrics[name] = {
+            "vote_fraction": votes[name].positive_fraction,
+            **counts,
+            "correct": int(counts["tp"] + counts["tn"]),
+            "patients": int(len(pairs)),
+            "accuracy": float(np.mean(y == pred)) if len(pairs) else math.nan,
+        }
+    return {
+        "task": "classification",
+        "slice": slice_metrics,
+        "patient": patient_metrics,
+        "patients": per_patient,
+        "roc_curve": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+    }
+
+
+def evaluate_segmenter(
+    model: nn.Module,
+    patients: Sequence[PreparedPatient],
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Pooled Dice / pixel precision / recall at probability 0.5, over all prepared
+    slices and over the slices whose truth has foreground."""
+    preds, truths = [], []
+    per_patient = []
+    for p in patients:
+        if p.masks is None:
+            raise DatasetError(f"patient {p.patient_id}: no target masks to evaluate a segmenter against")
+        prob = predict_probabilities(model, p.inputs, batch_size=batch_size, device=device)
+        pred, truth = prob >= 0.5, p.masks >= 0.5
+        preds.append(pred)
+        truths.append(truth)
+        per_patient.append({"patient_id": p.patient_id, **segmentation_metrics(pred, truth)})
+    pred = np.concatenate(preds)
+    truth = np.concatenate(truths)
+    positive = truth.reshape(len(truth), -1).any(axis=1)
+    return {
+        "task": "segmentation",
+        "all_slices": segmentation_metrics(pred, truth),
+        "foreground_slices": segmentation_metrics(pred[positive], truth[positive]),
+        "patients": per_patient,
+    }
+
+
+def evaluate(model: nn.Module, patients: Sequence[PreparedPatient], pipeline: PipelineConfig,
+             *, batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """:func:`evaluate_classifier` or :func:`evaluate_segmenter` by the model's task."""
+    if model.model_config.task == "classification":
+        return evaluate_classifier(model, patients, pipeline, batch_size=batch_size, device=device)
+    return evaluate_segmenter(model, patients, batch_size=batch_size, device=device)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path,
+                 history: Sequence[dict[str, Any]] | None = None, prefix: str = "") -> Path:
+    """``<prefix>report.json`` (NaN -> null) plus PNG plots in ``out_dir``."""
+    from training import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if report.get("task") == "classification":
+        roc = report["roc_curve"]
+        auc = report["slice"]["roc_auc"]
+        plots.plot_roc(np.array(roc["fpr"]), np.array(roc["tpr"]), auc if auc == auc else float("nan"),
+                       out / f"{prefix}roc_curve.png")
+        plots.plot_confusion(report["slice"], out / f"{prefix}confusion_slices.png", "slices (threshold 0.5)")
+        vote = report["patient"]["pipeline"]
+        plots.plot_confusion(vote, out / f"{prefix}confusion_patients.png",
+                             f"patients (vote >= {vote['vote_fraction']:.0%})")
+    if history:
+        plots.plot_training_curves(history, out / f"{prefix}training_curves.png")
+    path = out / f"{prefix}{REPORT_FILENAME}"
+    path.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def vote_config_with(pipeline: PipelineConfig, fraction: float | None) -> VoteConfig:
+    """The pipeline's vote config, with ``positive_fraction`` replaced when given."""
+    return pipeline.vote if fraction is None else dataclasses.replace(pipeline.vote, positive_fraction=fraction)

@@ -1,0 +1,80 @@
+"""Evaluation plots as PNG (matplotlib, Agg backend): ROC curve, confusion matrix,
+training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path, title: str = "ROC (per slice)") -> Path:
+    """ROC curve with the chance diagonal; ``auc`` in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "confusion matrix",
+                   labels: Sequence[str] = ("negative", "COVID-19")) -> Path:
+    """2x2 confusion matrix (rows: truth, columns: prediction) from tp/fp/tn/fn."""
+    plt = _pyplot()
+    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
+    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if v > matrix.max() / 2 else "black", fontsize=12)
+    ax.set_xticks([0, 1], labels)
+    ax.set_yticks([0, 1], labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Loss (train/validation) and the validation metric per epoch."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.4), dpi=100)
+    ax1.plot(epochs, [h["loss"] for h in history], marker="o", label="train")
+    if any("val_loss" in h for h in history):
+        ax1.plot(epochs, [h.get("val_loss", np.nan) for h in history], marker="o", label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    for key, name in (("val_auc", "validation ROC AUC"), ("val_dice", "validation Dice")):
+        if any(key in h for h in history):
+            ax2.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", color="C2")
+            ax2.set_ylabel(name)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1.02)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
