@@ -1,0 +1,145 @@
+"""``covidct`` command line: ``covidct serve`` and ``covidct demo``.
+
+``main()`` returns an exit code (0 ok, 1 a covidct error, 130 interrupted); it never
+calls ``sys.exit`` itself (``python -m covidct`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from covidct.errors import CovidCTError
+from covidct.triton_server import MIB, ServerConfig, TritonServer
+
+log = logging.getLogger("covidct")
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run a local Triton server on a model repository until Ctrl-C",
+        description="Start the pip-installed Triton server (make setup) on a model repository, "
+        "print its gRPC/HTTP/metrics addresses and run until Ctrl-C.",
+    )
+    serve.add_argument("--model-repository", type=Path, required=True, help="Triton model repository folder")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = pick a free one)")
+    serve.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = pick a free one)")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="metrics port (0 = pick a free one)")
+    serve.add_argument(
+        "--shm-mib", type=int, default=64, help="Python backend shared-memory pool and growth step (MiB)"
+    )
+    serve.add_argument("--gpu", action="store_true", help="keep GPU support on (pinned memory, GPU metrics)")
+    serve.add_argument("--log-file", type=Path, default=None, help="server log file (default: a temp file)")
+    serve.add_argument("--log-verbose", type=int, default=0, help="Triton --log-verbose level")
+    serve.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    from covidct.demo import DemoConfig
+
+    defaults = DemoConfig()
+    demo = subparsers.add_parser(
+        "demo",
+        help="synthetic patients -> train demo models -> export -> Triton -> verdicts",
+        description="End-to-end demo on CPU: synthetic CT patients, small demo models, "
+        "the portable model repository, a local Triton server, one gRPC request per patient. "
+        "Adds one real series when COVIDCT_DATA_DIR points to the COVID-CT-MD samples.",
+    )
+    demo.add_argument("--output", type=Path, default=Path(defaults.output_dir), help="output folder")
+    demo.add_argument(
+        "--slices",
+        type=int,
+        nargs="+",
+        default=list(defaults.slice_counts),
+        help="slice count of each synthetic patient (alternating positive/negative)",
+    )
+    demo.add_argument("--size", type=int, default=defaults.size, help="synthetic slice size (pixels)")
+    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument("--quick", action="store_true", help="train the demo models in quick mode")
+    demo.add_argument("--no-real", action="store_true", help="skip the real series even if COVIDCT_DATA_DIR is set")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covidct", description="COVID-19 CT triage on NVIDIA Triton")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_serve(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = ServerConfig(
+        model_repository=args.model_repository,
+        http_port=args.http_port or None,
+        grpc_port=args.grpc_port or None,
+        metrics_port=args.metrics_port or None,
+        shm_default_byte_size=args.shm_mib * MIB,
+        shm_growth_byte_size=args.shm_mib * MIB,
+        gpu=args.gpu,
+        log_path=args.log_file,
+        log_verbose=args.log_verbose,
+        startup_timeout_s=args.startup_timeout,
+    )
+    server = TritonServer(config)
+    server.start()
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill`/docker stop: stop cleanly
+    try:
+        print(f"Triton is ready (pid {server.pid}); model repository {args.model_repository}")
+        print(f"  gRPC     {server.grpc_url}")
+        print(f"  HTTP     http://{server.http_url}")
+        print(f"  metrics  {server.metrics_url}")
+        print(f"  log      {server.log_path}")
+        print("Press Ctrl-C to stop.", flush=True)
+        code = server.wait()
+        print(f"Triton exited with code {code}; see {server.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping Triton ...", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from covidct.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        output_dir=str(args.output),
+        slice_counts=tuple(args.slices),
+        size=args.size,
+        seed=args.seed,
+        quick=args.quick,
+        include_real=not args.no_real,
+    )
+    run_demo(config)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            return run_serve(args)
+        return run_demo_command(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CovidCTError as exc:
+        print(f"covidct {args.command}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,192 @@
+"""``covidct demo``: the whole bundle end to end on a CPU in a few minutes.
+
+1. synthetic chest CT patients (positive and negative, different slice counts);
+2. the small demo models (:func:`training.demo_models.train_demo_models`);
+3. the ``portable`` model repository (:func:`export.repository.build_repository`);
+4. a local Triton server (:class:`covidct.triton_server.TritonServer`);
+5. one gRPC request per patient (:func:`client.submit.submit`), a table of verdicts;
+6. ``demo_config.json`` (resolved settings) and ``results.json`` in the output folder.
+
+With ``COVIDCT_DATA_DIR`` pointing at the COVID-CT-MD samples, the real series
+``P002`` (JPEG Lossless DICOM) is sent as well.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "COVIDCT_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Demo settings.
+
+    slice_counts: one synthetic patient per entry; even positions are COVID-19
+        positive, odd positions negative. size: slice size in pixels (square).
+    quick: train the demo models in their quick mode (tests; lower accuracy).
+    include_real: also send ``real_series`` from ``$COVIDCT_DATA_DIR`` when it is set.
+    """
+
+    output_dir: str = "demo_output"
+    slice_counts: tuple[int, ...] = (35, 60, 120, 150)
+    size: int = 512
+    seed: int = 0
+    quick: bool = False
+    include_real: bool = True
+    real_series: str = "P002"
+    request_timeout_s: float = 600.0
+    server_startup_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class PatientCase:
+    """One series to send: a name, the ground truth (``"COVID-19"``/``"normal"``...) and the volume."""
+
+    name: str
+    truth: str
+    volume: Any  # preprocessing.volume.CTVolume
+    truth_positive: bool | None = None
+
+
+@dataclass(frozen=True)
+class PatientOutcome:
+    name: str
+    truth: str
+    slices: int
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[PatientCase]:
+    """Phantom patients for ``config.slice_counts`` (alternating positive / negative)."""
+    from tqdm import tqdm
+
+    from preprocessing.phantom import make_phantom
+
+    cases = []
+    for i, num_slices in enumerate(tqdm(config.slice_counts, desc="synthetic patients", disable=not progress)):
+        covid = i % 2 == 0
+        phantom = make_phantom(num_slices, size=config.size, covid=covid, seed=config.seed + i)
+        label = "COVID-19" if covid else "normal"
+        cases.append(PatientCase(f"synthetic-{i + 1:02d}", label, phantom.volume, covid))
+    return cases
+
+
+def real_case(data_dir: Path, series: str) -> PatientCase:
+    """The real series ``series`` of the COVID-CT-MD samples, with its diagnosis from labels.csv."""
+    from preprocessing.series_reader import read_series
+
+    truth = "unknown"
+    with open(data_dir / "labels.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("patient") == series:
+                truth = row.get("diagnosis", "unknown")
+                break
+    volume = read_series(data_dir / series)
+    return PatientCase(f"real-{series}", truth, volume, truth == "COVID-19" if truth != "unknown" else None)
+
+
+def format_table(outcomes: list[PatientOutcome]) -> str:
+    """The per-patient table printed by the demo."""
+    header = f"{'patient':<16} {'truth':<22} {'verdict':<9} {'pos.frac':>8} {'burden %':>9} {'selected':>10} {'latency s':>9}"
+    lines = [header, "-" * len(header)]
+    for o in outcomes:
+        r = o.result
+        verdict = "POSITIVE" if r["verdict"] == 1 else "negative"
+        selected = f"{len(r['selected_indices'])}/{o.slices}"
+        lines.append(
+            f"{o.name:<16} {o.truth:<22} {verdict:<9} {r['positive_fraction']:>8.2f} "
+            f"{r['lesion_burden_pct']:>9.2f} {selected:>10} {r['latency_s']:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _timed(label: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    value = fn()
+    timings[label] = round(time.perf_counter() - start, 3)
+    print(f"[demo] {label}: {timings[label]:.1f} s", flush=True)
+    return value
+
+
+def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[str, Any]:
+    """Run the demo; returns (and writes to ``results.json``) the per-patient results."""
+    from client.submit import submit
+    from covidct.triton_server import ServerConfig, TritonServer
+    from export.config import RepositoryOptions
+    from export.repository import build_repository
+    from training.demo_models import train_demo_models
+
+    out = Path(config.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    cases = _timed("synthetic patients", timings, lambda: synthetic_cases(config, progress))
+    data_dir = os.environ.get(DATA_DIR_ENV, "")
+    if config.include_real and data_dir and (Path(data_dir) / config.real_series).is_dir():
+        cases.append(_timed(f"read {config.real_series}", timings, lambda: real_case(Path(data_dir), config.real_series)))
+    elif config.include_real:
+        print(f"[demo] {DATA_DIR_ENV} not set or without {config.real_series}: synthetic patients only")
+
+    checkpoints = _timed(
+        "train demo models", timings,
+        lambda: train_demo_models(out / "checkpoints", seed=config.seed, quick=config.quick, progress=progress),
+    )
+    repository = _timed(
+        "export portable repository", timings,
+        lambda: build_repository(
+            checkpoints["classifier"],
+            checkpoints["segmenter"],
+            out / "model_repository",
+            profile="portable",
+            options=RepositoryOptions(overwrite=True),
+        ),
+    )
+    server_config = ServerConfig(
+        model_repository=repository,
+        log_path=out / "tritonserver.log",
+        startup_timeout_s=config.server_startup_timeout_s,
+    )
+    outcomes: list[PatientOutcome] = []
+    server = TritonServer(server_config)
+    _timed("start Triton", timings, server.start)
+    try:
+        print(f"[demo] Triton ready: gRPC {server.grpc_url}, metrics {server.metrics_url}", flush=True)
+        for case in cases:
+            result = submit(case.volume, server.grpc_url, timeout_s=config.request_timeout_s)
+            outcomes.append(PatientOutcome(case.name, case.truth, int(case.volume.hu.shape[0]), result.to_dict()))
+    finally:
+        server.stop()
+
+    print()
+    print(format_table(outcomes))
+    synthetic = [(c, o) for c, o in zip(cases, outcomes) if c.truth_positive is not None and c.name.startswith("synthetic")]
+    correct = sum((o.result["verdict"] == 1) == c.truth_positive for c, o in synthetic)
+    print(f"\nsynthetic patients correct: {correct}/{len(synthetic)}; results in {out / 'results.json'}")
+
+    resolved = {
+        "demo": asdict(config),
+        "checkpoints": {k: str(v) for k, v in checkpoints.items()},
+        "model_repository": str(repository),
+        "server_log": str(server_config.log_path),
+        "pipeline_config": json.loads((Path(repository) / "preprocess" / "1" / "pipeline_config.json").read_text()),
+    }
+    (out / "demo_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    results = {
+        "patients": [asdict(o) for o in outcomes],
+        "synthetic_correct": correct,
+        "synthetic_total": len(synthetic),
+        "timings_s": timings,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results

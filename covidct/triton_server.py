@@ -1,0 +1,442 @@
+"""Launch a local Triton Inference Server (the pip-installed ``nvidia-pytriton`` build).
+
+The server binary, its libraries and the Python-backend stubs come from the wheel
+``nvidia-pytriton==0.7.0`` installed with ``--no-deps --target .triton`` (``make setup``).
+This module finds that installation, puts the stub matching the running interpreter
+into the Python backend's folder, builds the environment the stub needs (see
+docs/architecture.md, "The serving environment"), picks free ports, starts the server,
+waits for readiness and stops it again.
+
+Typical use::
+
+    with TritonServer(ServerConfig(model_repository="demo_output/model_repository")) as server:
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+Ports are TCP ports on ``localhost``; sizes are bytes; times are seconds.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from covidct.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRITON_DIR_ENV = "COVIDCT_TRITON_DIR"
+STUB_NAME = "triton_python_backend_stub"
+LOG_TAIL_LINES = 40
+MIB = 1024 * 1024
+HARMLESS_ERRORS = ("CudaDriverHelper", "NVML", "DCGM", "dcgm")
+"""Error lines a server without GPU always logs."""
+_ERROR_LINE = re.compile(r"^E\d{4} ")
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Paths of one installed server (``<triton_dir>`` is the ``--target`` of the pip install)."""
+
+    root: Path
+    server_bin: Path
+    backend_dir: Path
+    libs_dir: Path
+    stubs_dir: Path
+    stub_site: Path
+
+    @property
+    def python_backend_dir(self) -> Path:
+        return self.backend_dir / "python"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to start one server.
+
+    model_repository: folder handed to ``--model-repository``.
+    http_port / grpc_port / metrics_port: ``None`` picks a free port.
+    shm_default_byte_size / shm_growth_byte_size: the Python backend's shared-memory pool
+        per model instance and its growth step (bytes); large CT volumes need 64 MB+.
+    startup_timeout_s: how long to wait for ``/v2/health/ready``.
+    stop_timeout_s: how long to wait after SIGTERM before SIGKILL.
+    gpu: leave GPU support on (pinned memory pool, GPU metrics); off on CPU machines.
+    log_path: server log file; ``None`` writes one into a fresh temporary folder.
+    triton_dir: the installation; ``None`` uses ``$COVIDCT_TRITON_DIR`` or ``<repo>/.triton``.
+    log_verbose: Triton's ``--log-verbose`` level.
+    extra_args: appended to the command line unchanged.
+    stop_with_parent: Linux: the server gets SIGTERM when the thread that started it dies
+        (no orphaned servers after a crashed test run). Start it from a long-lived thread.
+    """
+
+    model_repository: Path | str
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    shm_default_byte_size: int = 64 * MIB
+    shm_growth_byte_size: int = 64 * MIB
+    startup_timeout_s: float = 180.0
+    stop_timeout_s: float = 30.0
+    gpu: bool = False
+    log_path: Path | str | None = None
+    triton_dir: Path | str | None = None
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()
+    stop_with_parent: bool = True
+
+
+# ------------------------------------------------------------------------- install
+def locate_triton(triton_dir: Path | str | None = None) -> TritonInstall:
+    """Find the installed server: ``triton_dir``, else ``$COVIDCT_TRITON_DIR``, else ``<repo>/.triton``.
+
+    Raises ServerError naming the missing path and telling to run ``make setup``.
+    """
+    if triton_dir is None:
+        triton_dir = os.environ.get(TRITON_DIR_ENV) or REPO_ROOT / ".triton"
+    root = Path(triton_dir).resolve()
+    server_root = root / "pytriton" / "tritonserver"
+    install = TritonInstall(
+        root=root,
+        server_bin=server_root / "bin" / "tritonserver",
+        backend_dir=server_root / "backends",
+        libs_dir=root / "nvidia_pytriton.libs",
+        stubs_dir=server_root / "python_backend_stubs",
+        stub_site=root / "stub-site",
+    )
+    required = (
+        install.server_bin,
+        install.python_backend_dir / "libtriton_python.so",
+        install.libs_dir,
+        install.stubs_dir,
+        install.stub_site / "numpy",
+    )
+    for path in required:
+        if not path.exists():
+            raise ServerError(
+                f"Triton server installation incomplete: {path} does not exist "
+                f"(looked in {root}; set {TRITON_DIR_ENV} or run `make setup`, which installs "
+                f"nvidia-pytriton==0.7.0 into .triton and numpy 1.26 into .triton/stub-site)"
+            )
+    return install
+
+
+def prepare_stub(install: TritonInstall, python_version: tuple[int, int] | None = None) -> Path:
+    """Put the Python-backend stub built for ``python_version`` (default: this interpreter)
+    into the Python backend's folder. Copies only when the file differs; the copy is
+    atomic, so servers started at the same time never see a half-written stub."""
+    major, minor = python_version or sys.version_info[:2]
+    source = install.stubs_dir / f"{major}.{minor}" / STUB_NAME
+    if not source.is_file():
+        available = sorted(p.name for p in install.stubs_dir.iterdir() if p.is_dir())
+        raise ServerError(
+            f"no Python-backend stub for Python {major}.{minor} in {install.stubs_dir} "
+            f"(available: {', '.join(available)})"
+        )
+    target = install.python_backend_dir / STUB_NAME
+    if target.is_file() and filecmp.cmp(source, target, shallow=False):
+        return target
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{STUB_NAME}.", dir=install.python_backend_dir)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp_name)
+        os.chmod(tmp_name, 0o755)
+        os.replace(tmp_name, target)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise ServerError(f"cannot install the Python-backend stub {source} -> {target}: {exc}") from exc
+    return target
+
+
+def stub_pythonpath(install: TritonInstall) -> list[str]:
+    """The stub's import path, in order: numpy 1.26 site, this venv's site-packages, repo root."""
+    site_packages = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    entries = [str(install.stub_site), *site_packages, str(REPO_ROOT)]
+    return list(dict.fromkeys(entries))
+
+
+def build_environment(install: TritonInstall, base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the server and its stubs (libpython + bundled libs, PYTHONHOME, PYTHONPATH).
+
+    The stub embeds the interpreter whose ``libpython`` it finds on ``LD_LIBRARY_PATH``;
+    its ``sys.path`` ignores ``PYTHONPATH``, so every ``model.py`` prepends these entries.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
+    ld_paths = [libdir, str(install.libs_dir)]
+    if env.get("LD_LIBRARY_PATH"):
+        ld_paths.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld_paths)
+    env["PYTHONHOME"] = sys.base_prefix
+    env["PYTHONPATH"] = os.pathsep.join(stub_pythonpath(install))
+    return env
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free on localhost a moment ago."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when it cannot be read)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def log_excerpt(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """What explains a failed start: the log's error lines (harmless no-GPU ones left out)
+    and its last ``lines`` lines without the wide status tables (failed models' rows kept)."""
+    tail = read_log_tail(path, 100_000).splitlines()
+    errors = [
+        line
+        for line in tail
+        if (_ERROR_LINE.match(line) or "ERROR" in line[:40])
+        and not any(noise in line for noise in HARMLESS_ERRORS)
+    ]
+    kept = [
+        line
+        for line in tail
+        if line.strip()
+        and (not line.startswith(("+", "|")) or "UNAVAILABLE" in line)
+        and not any(noise in line for noise in HARMLESS_ERRORS)
+    ]
+    parts = []
+    if errors:
+        parts.append("errors:\n" + "\n".join(errors[-15:]))
+    parts.append("last lines:\n" + "\n".join(kept[-lines:]))
+    return "\n".join(parts)
+
+
+def server_command(
+    install: TritonInstall, config: ServerConfig, ports: tuple[int, int, int], shm_prefix: str
+) -> list[str]:
+    """The ``tritonserver`` command line for ``config`` on (http, grpc, metrics) ports."""
+    http_port, grpc_port, metrics_port = ports
+    command = [
+        str(install.server_bin),
+        f"--model-repository={Path(config.model_repository).resolve()}",
+        f"--backend-directory={install.backend_dir}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        "--allow-metrics=true",
+        f"--allow-gpu-metrics={'true' if config.gpu else 'false'}",
+        f"--log-verbose={config.log_verbose}",
+        f"--exit-timeout-secs={max(1, int(config.stop_timeout_s))}",
+        f"--backend-config=python,shm-default-byte-size={config.shm_default_byte_size}",
+        f"--backend-config=python,shm-growth-byte-size={config.shm_growth_byte_size}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+    ]
+    if not config.gpu:
+        command.append("--pinned-memory-pool-byte-size=0")
+    command.extend(config.extra_args)
+    return command
+
+
+# -------------------------------------------------------------------------- server
+class TritonServer:
+    """One running ``tritonserver`` process (context manager: start on enter, stop on exit)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[int, int, int] | None = None
+        self._log_path: Path | None = None
+        self._log_file = None
+
+    # -- addresses
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """(http, grpc, metrics) ports; only after :meth:`start`."""
+        if self._ports is None:
+            raise ServerError("the Triton server has not been started: no ports assigned yet")
+        return self._ports
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.ports[0]}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.ports[1]}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://localhost:{self.ports[2]}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        if self._log_path is None:
+            raise ServerError("the Triton server has not been started: no log file yet")
+        return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- life cycle
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it and all its models are ready.
+
+        Raises ServerError (with the tail of the server log) when the installation is
+        missing, the repository is invalid, a model fails to load, or readiness does not
+        come within ``startup_timeout_s``. Auto-picked ports that turn out taken are
+        picked again (3 attempts).
+        """
+        if self.is_running():
+            raise ServerError(f"the Triton server is already running (pid {self.pid})")
+        repository = Path(self.config.model_repository)
+        if not repository.is_dir():
+            raise ServerError(f"model repository {repository} is not a directory")
+        install = locate_triton(self.config.triton_dir)
+        prepare_stub(install)
+        auto_ports = None in (self.config.http_port, self.config.grpc_port, self.config.metrics_port)
+        attempt = 1
+        while True:
+            try:
+                self._launch(install)
+                self._wait_ready()
+                return self
+            except ServerError as exc:
+                self.stop()
+                tail = log_excerpt(self.log_path)
+                if auto_ports and attempt < 3 and "address already in use" in tail.lower():
+                    log.warning("port clash starting Triton, retrying with new ports")
+                    attempt += 1
+                    continue
+                raise ServerError(f"{exc}\n--- server log {self.log_path} ---\n{tail}") from exc
+
+    def _launch(self, install: TritonInstall) -> None:
+        picked = iter(free_ports(3))
+        self._ports = (
+            self.config.http_port or next(picked),
+            self.config.grpc_port or next(picked),
+            self.config.metrics_port or next(picked),
+        )
+        if self.config.log_path is not None:
+            self._log_path = Path(self.config.log_path)
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._log_path = Path(tempfile.mkdtemp(prefix="covidct-triton-")) / "tritonserver.log"
+        shm_prefix = f"covidct_{os.getpid()}_{self._ports[1]}_"
+        command = server_command(install, self.config, self._ports, shm_prefix)
+        self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
+        log.info("starting Triton: %s (log %s)", " ".join(command), self._log_path)
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=build_environment(install),
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent if self.config.stop_with_parent else None,
+            )
+        except OSError as exc:
+            raise ServerError(f"cannot execute {install.server_bin}: {exc}") from exc
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        while time.monotonic() < deadline:
+            code = self._process.poll() if self._process is not None else -1
+            if code is not None:
+                raise ServerError(
+                    f"Triton server exited with code {code} before becoming ready "
+                    f"(model repository {self.config.model_repository})"
+                )
+            try:
+                with opener.open(url, timeout=2.0) as response:
+                    if response.status == 200:
+                        log.info("Triton ready: grpc %s http %s", self.grpc_url, self.http_url)
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.25)
+        raise ServerError(
+            f"Triton server not ready after {self.config.startup_timeout_s:.0f} s "
+            f"(model repository {self.config.model_repository})"
+        )
+
+    def stop(self) -> int | None:
+        """Stop the server: SIGTERM, wait ``stop_timeout_s``, then SIGKILL its process group.
+
+        Returns the exit code (``None`` when it was never started). Safe to call twice.
+        """
+        process, self._process = self._process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=self.config.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("Triton (pid %d) ignored SIGTERM; killing its group", process.pid)
+                    _kill_group(process.pid)
+                    process.wait(timeout=10)
+            code = process.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+    def wait(self) -> int:
+        """Block until the server exits (e.g. for ``covidct serve``); returns its exit code."""
+        if self._process is None:
+            raise ServerError("the Triton server has not been started")
+        return self._process.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies (best effort)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group this launcher created for the server (the server is still
+    alive when this is called, so the group id is certainly ours)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
