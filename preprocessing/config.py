@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from covidct.errors import ConfigError
 
@@ -23,6 +23,50 @@ PIPELINE_CONFIG_VERSION = 1
 PIPELINE_CONFIG_FILENAME = "pipeline_config.json"
 
 T = TypeVar("T")
+
+
+class JsonConfig:
+    """JSON save/load for frozen config dataclasses (pipeline, model, training configs).
+
+    Subclasses set ``FILENAME`` (used when a directory is given) and ``LABEL`` (used in
+    error messages). Unknown keys and malformed files raise :class:`ConfigError`.
+    """
+
+    FILENAME: ClassVar[str] = "config.json"
+    LABEL: ClassVar[str] = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, directory_or_file: str | Path) -> Path:
+        """Write the config as JSON; a directory gets ``FILENAME``."""
+        path = Path(directory_or_file)
+        if path.is_dir():
+            path = path / self.FILENAME
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Any:
+        return config_from_dict(cls, data, source)
+
+    @classmethod
+    def load(cls, directory_or_file: str | Path) -> Any:
+        path = Path(directory_or_file)
+        if path.is_dir():
+            path = path / cls.FILENAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: {cls.LABEL} not found") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
 
 
 @dataclass(frozen=True)
@@ -114,8 +158,11 @@ class ModelInputConfig:
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(JsonConfig):
     """All preprocessing settings that travel with a model (versioned)."""
+
+    FILENAME: ClassVar[str] = PIPELINE_CONFIG_FILENAME
+    LABEL: ClassVar[str] = "pipeline config"
 
     version: int = PIPELINE_CONFIG_VERSION
     reader: ReaderConfig = field(default_factory=ReaderConfig)
@@ -129,44 +176,15 @@ class PipelineConfig:
         default_factory=lambda: ModelInputConfig(size=256)
     )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, directory_or_file: str | Path) -> Path:
-        """Write the config as JSON; a directory gets ``pipeline_config.json``."""
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / PIPELINE_CONFIG_FILENAME
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "PipelineConfig":
-        version = data.get("version", PIPELINE_CONFIG_VERSION)
+        version = data.get("version", PIPELINE_CONFIG_VERSION) if isinstance(data, dict) else None
         if version != PIPELINE_CONFIG_VERSION:
             raise ConfigError(
                 f"{source}: pipeline config version {version!r} is not supported; "
                 f"expected {PIPELINE_CONFIG_VERSION}"
             )
         return config_from_dict(cls, data, source)
-
-    @classmethod
-    def load(cls, directory_or_file: str | Path) -> "PipelineConfig":
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / PIPELINE_CONFIG_FILENAME
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: pipeline config not found") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:

@@ -8,13 +8,11 @@ checkpoint folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from covidct.errors import ConfigError
-from preprocessing.config import config_from_dict
+from preprocessing.config import JsonConfig, config_from_dict
 from training.augment import AugmentConfig
 
 TRAIN_CONFIG_FILENAME = "train_config.json"
@@ -48,7 +46,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything a training run needs besides the data files themselves.
 
     model: registry name; input_size/num_outputs/in_channels: None = registry default
@@ -60,6 +58,9 @@ class TrainConfig:
     papers) or ``cosine`` (per epoch from ``lr`` down to 0, ours).
     validation_fraction: patient-level hold-out (0 = none); folds/fold: k-fold instead.
     """
+
+    FILENAME: ClassVar[str] = TRAIN_CONFIG_FILENAME
+    LABEL: ClassVar[str] = "training config"
 
     model: str = "cnn6"
     input_size: int | None = None
@@ -106,34 +107,6 @@ class TrainConfig:
             raise ConfigError(f"empty_slice_fraction must be in [0, 1]; got {self.empty_slice_fraction}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda[:n]; got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / TRAIN_CONFIG_FILENAME
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "TrainConfig":
-        return config_from_dict(cls, data, source)
-
-    @classmethod
-    def load(cls, directory_or_file: str | Path) -> "TrainConfig":
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / TRAIN_CONFIG_FILENAME
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: training config not found") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        return cls.from_dict(data, source=str(path))
 
 
 # The papers' settings. Values a paper does not state are marked "(ours)".

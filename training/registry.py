@@ -18,21 +18,20 @@ segmenters.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from torch import nn
 
 from covidct.errors import ConfigError
+from preprocessing.config import JsonConfig
 
 MODEL_CONFIG_FILENAME = "model_config.json"
 TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """What a registered network is and expects.
 
     name: registry name. task: ``"classification"`` or ``"segmentation"``.
@@ -42,6 +41,9 @@ class ModelConfig:
     segmenters have 1 output channel. extra: architecture keyword arguments
     (e.g. ``base_channels``), JSON-serialisable.
     """
+
+    FILENAME: ClassVar[str] = MODEL_CONFIG_FILENAME
+    LABEL: ClassVar[str] = "model config"
 
     name: str
     task: str
@@ -66,45 +68,6 @@ class ModelConfig:
                 f"ModelConfig.num_outputs of a classifier must be 1 (sigmoid) or 2 (softmax); "
                 f"got {self.num_outputs}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, directory_or_file: str | Path) -> Path:
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / MODEL_CONFIG_FILENAME
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "<dict>") -> "ModelConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: ModelConfig expects an object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown ModelConfig keys {unknown}; expected {sorted(names)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: cannot build ModelConfig: {exc}") from exc
-
-    @classmethod
-    def load(cls, directory_or_file: str | Path) -> "ModelConfig":
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / MODEL_CONFIG_FILENAME
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: model config not found") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        return cls.from_dict(data, source=str(path))
 
 
 @dataclass(frozen=True)
