@@ -7,7 +7,6 @@ checkpoint folder.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
