@@ -1,1 +1,27 @@
-"""client package of covidct-triton."""
+"""Thin workstation client of covidct-triton: series -> gRPC request -> typed result.
+
+Public API::
+
+    from client import submit, submit_many, PipelineClient, TransportConfig
+    result = submit("patients/P002", "localhost:8001")     # PipelineResult
+    outcomes = submit_many(paths, "localhost:8001", concurrency=8)
+
+Only the HU volume and the voxel spacing leave the workstation. Command line:
+``covidct-client`` / ``python -m client`` (see :mod:`client.cli`).
+"""
+
+from client.batch import ExitCode, PatientOutcome, submit_many
+from client.result import PipelineResult, Timings
+from client.submit import PipelineClient, submit
+from client.transport import TransportConfig
+
+__all__ = [
+    "ExitCode",
+    "PatientOutcome",
+    "PipelineClient",
+    "PipelineResult",
+    "Timings",
+    "TransportConfig",
+    "submit",
+    "submit_many",
+]

@@ -34,6 +34,11 @@ Layout::
     |   +-- TensorRTUnavailableError       TensorRT is not installed here
     +-- ServerError                        Triton launcher problems
     +-- ClientError                        client-side transport problems
+        +-- ServerUnavailableError         nothing (Triton) answers / server not ready
+        +-- ModelNotReadyError             model missing or not ready
+        +-- DeadlineExceededError          client_timeout passed
+        +-- TLSConfigError                 bad certificates or TLS handshake failure
+        +-- InferenceFailedError           the server rejected or failed the request
 """
 
 from __future__ import annotations
@@ -158,3 +163,28 @@ class ServerError(CovidCTError):
 
 class ClientError(CovidCTError):
     """The client could not complete a request (transport, server, deadline)."""
+
+
+# ------------------------------------------------------------------------ benchmarks
+class BenchmarkToolError(CovidCTError):
+    """An external benchmark tool (perf_analyzer) is missing, failed or wrote no results."""
+
+
+class ServerUnavailableError(ClientError):
+    """No Triton gRPC endpoint answers at the address (down, wrong port, not ready)."""
+
+
+class ModelNotReadyError(ClientError):
+    """The server answers but the requested model is missing or not ready."""
+
+
+class DeadlineExceededError(ClientError):
+    """The request's deadline (``client_timeout``) passed; it may have run on the server."""
+
+
+class TLSConfigError(ClientError):
+    """TLS certificates/keys are missing or invalid, or the TLS handshake failed."""
+
+
+class InferenceFailedError(ClientError):
+    """The server received the request and rejected it or failed while running it."""

@@ -1,0 +1,160 @@
+"""``covidct-client``: triage CT series on a Triton server from a workstation.
+
+Usage::
+
+    covidct-client SERIES [SERIES ...]            # DICOM folders/zips, NIfTI, TIFF folders
+    covidct-client --patients DIR                 # every subfolder/.zip/.nii(.gz) of DIR
+    covidct-client --list cases.txt               # one path per line (# comments)
+    options: --url HOST:PORT  --json  --output report.json  --overlay DIR
+             --concurrency 8  --timeout 300  --shared-memory auto|on|off
+             --root-cert ca.pem [--client-cert c.pem --client-key k.pem]  --header KEY=VALUE
+
+Exit codes (:class:`client.batch.ExitCode`): 0 all negative, 10 any positive, 2 bad
+input or arguments, 3 server unavailable / wrong port / not ready, 4 deadline exceeded,
+5 TLS, 6 model missing or not ready, 7 request rejected or failed on the server,
+8 several patients and some failed (the report lists each), 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from covidct.errors import ClientError, InputError
+from preprocessing.nifti_volume import NIFTI_SUFFIXES
+
+from client.batch import ExitCode, batch_exit_code, submit_many
+from client.report import format_table, report_json
+from client.submit import DEFAULT_MODEL
+from client.transport import SHARED_MEMORY_MODES, TransportConfig
+
+PATIENT_FILE_SUFFIXES = (".zip", *NIFTI_SUFFIXES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidct-client",
+        description="Send CT series (HU volume and spacing only) to the covid_ct_pipeline "
+        "ensemble on a Triton server and print verdicts.",
+        epilog="Exit codes: 0 negative, 10 positive, 2 bad input, 3 server unavailable, 4 deadline, "
+        "5 TLS, 6 model missing/not ready, 7 request failed on the server, 8 some patients failed, 1 bug.",
+    )
+    parser.add_argument("series", nargs="*", type=Path, help="DICOM folder/zip, .nii/.nii.gz or TIFF folder")
+    parser.add_argument("--patients", type=Path, help="folder whose subfolders/.zip/.nii(.gz) are one patient each")
+    parser.add_argument("--list", type=Path, dest="list_file", help="text file with one series path per line")
+    parser.add_argument("--url", default="localhost:8001", help="Triton gRPC endpoint host:port (default %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--timeout", type=float, default=300.0, help="deadline per request, seconds")
+    parser.add_argument("--retries", type=int, default=3, help="retries while the server cannot be reached")
+    parser.add_argument("--concurrency", type=int, default=4, help="patients in flight (default %(default)s)")
+    parser.add_argument("--shared-memory", choices=SHARED_MEMORY_MODES, default="auto")
+    parser.add_argument("--ssl", action="store_true", help="TLS with the system's root certificates")
+    parser.add_argument("--root-cert", type=Path, help="PEM root certificate(s) of the server (TLS)")
+    parser.add_argument("--client-cert", type=Path, help="PEM client certificate chain (mutual TLS)")
+    parser.add_argument("--client-key", type=Path, help="PEM client private key (mutual TLS)")
+    parser.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="extra gRPC header")
+    parser.add_argument("--json", action="store_true", help="print the JSON report (client/result_schema.json)")
+    parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
+    parser.add_argument("--overlay", type=Path, metavar="DIR", help="write PNGs of the selected slices here")
+    parser.add_argument("--overlay-max-slices", type=int, default=0, help="0 = every selected slice")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def collect_inputs(series: Sequence[Path], patients: Path | None, list_file: Path | None) -> list[Path]:
+    """Every input path, in the order given; InputError for a missing folder or list."""
+    inputs = list(series)
+    if patients is not None:
+        if not patients.is_dir():
+            raise InputError(f"--patients {patients}: not a folder")
+        inputs.extend(
+            p for p in sorted(patients.iterdir())
+            if p.is_dir() or p.name.lower().endswith(PATIENT_FILE_SUFFIXES)
+        )
+    if list_file is not None:
+        try:
+            lines = list_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"--list {list_file}: cannot be read ({exc.strerror})") from exc
+        for line in lines:
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                path = Path(entry)
+                inputs.append(path if path.is_absolute() else list_file.parent / path)
+    if not inputs:
+        raise InputError("no series given: pass SERIES paths, --patients DIR or --list FILE")
+    return inputs
+
+
+def transport_from_args(args: argparse.Namespace) -> TransportConfig:
+    headers = []
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--header {item!r}: expected KEY=VALUE")
+        headers.append((key.strip().lower(), value))
+    return TransportConfig(
+        timeout_s=args.timeout,
+        retries=args.retries,
+        shared_memory=args.shared_memory,
+        ssl=args.ssl,
+        root_certificates=args.root_cert,
+        private_key=args.client_key,
+        certificate_chain=args.client_cert,
+        headers=tuple(headers),
+    )
+
+
+def _overlay_hook(out_dir: Path, max_slices: int):
+    from client.overlay import write_overlays
+
+    def after(label, volume, result) -> None:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(label).name.removesuffix(".gz")) or "series"
+        write_overlays(volume, result, out_dir / name, name=name, max_slices=max_slices)
+
+    return after
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        inputs = collect_inputs(args.series, args.patients, args.list_file)
+        transport = transport_from_args(args)
+    except InputError as exc:
+        print(f"covidct-client: {exc}", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+    except ClientError as exc:  # TransportConfig's checks (timeouts, retries)
+        print(f"covidct-client: {exc}", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+    outcomes = submit_many(
+        [str(p) for p in inputs],
+        args.url,
+        model=args.model,
+        transport=transport,
+        concurrency=max(1, args.concurrency),
+        progress=len(inputs) > 1 and not args.no_progress,
+        after=_overlay_hook(args.overlay, args.overlay_max_slices) if args.overlay else None,
+    )
+    document = report_json(outcomes, url=args.url, model=args.model)
+    if args.output is not None:
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(document + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"covidct-client: --output {args.output}: {exc.strerror}", file=sys.stderr)
+    if args.json:
+        print(document)
+    else:
+        print(format_table(outcomes))
+    for outcome in outcomes:
+        if not outcome.ok:
+            print(f"covidct-client: {outcome.input}: {outcome.error_type}: {outcome.error}", file=sys.stderr)
+    return int(batch_exit_code(outcomes))
