@@ -1,0 +1,196 @@
+"""Pieces shared by the benchmark suite: machine description, output files, the server
+(started here or reached by URL), phantom series, statistics and the latency fit.
+
+Units: seconds for latencies unless a name says ``_ms``; bytes for memory; slices for
+the first axis of an ``[N, H, W]`` HU volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """``git rev-parse HEAD`` of the working tree (``"unknown"`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def git_dirty(root: Path = REPO_ROOT) -> bool | None:
+    """Whether tracked or untracked files differ from ``HEAD`` (``None`` outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip())
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine, date and code version recorded in every report."""
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "git_commit": git_commit(),
+        "git_uncommitted_changes": git_dirty(),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One Markdown line: CPU, CPUs, load, date and commit of a :func:`machine_info` dict."""
+    load = m.get("load_average_1_5_15")
+    dirty = " + uncommitted changes" if m.get("git_uncommitted_changes") else ""
+    return (f"Machine: {m['cpu']} ({m['cpus']} CPUs"
+            + (f", load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at start" if load else "")
+            + f"), {m['date']}, commit `{m['git_commit']}`{dirty}")
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON (creating the folder); returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def write_resolved_config(out_dir: Path, config: Any, name: str) -> Path:
+    """The resolved (defaults + CLI) frozen config next to the outputs: ``<name>_config.json``."""
+    return write_json(out_dir / f"{name}_config.json", dataclasses.asdict(config))
+
+
+def is_png(path: Path) -> bool:
+    """``True`` when ``path`` is a file starting with the PNG signature."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation) of ``values``."""
+    if not values:
+        raise ConfigError("percentile of an empty sequence")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """``latency_s = fixed_s + per_slice_s * slices`` (least squares); ``r2``: coefficient
+    of determination (1 = every point on the line; NaN with fewer than 3 points)."""
+
+    fixed_s: float
+    per_slice_s: float
+    r2: float
+    points: int
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def fit_latency(slices: Sequence[int], latencies_s: Sequence[float]) -> LinearFit:
+    """Least-squares fit of latency (s) against slice count; needs two distinct slice counts."""
+    x = np.asarray(slices, dtype=np.float64)
+    y = np.asarray(latencies_s, dtype=np.float64)
+    if x.size != y.size or np.unique(x).size < 2:
+        raise ConfigError(f"latency fit needs >= 2 distinct slice counts; got {list(slices)}")
+    design = np.stack([np.ones_like(x), x], axis=1)
+    (fixed, per_slice), *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - (fixed + per_slice * x)
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(residual**2)) / total if x.size > 2 and total > 0 else float("nan")
+    return LinearFit(float(fixed), float(per_slice), r2, int(x.size))
+
+
+def phantom_volume(num_slices: int, size: int, seed: int):
+    """A COVID-positive phantom series (int16 HU ``[num_slices, size, size]``)."""
+    from preprocessing.phantom import make_phantom
+
+    return make_phantom(num_slices, size=size, covid=True, seed=seed).volume
+
+
+@contextlib.contextmanager
+def triton_endpoint(
+    repository: Path | None, url: str | None, out_dir: Path, *, log_name: str = "tritonserver.log",
+    gpu: bool = False,
+) -> Iterator[tuple[str, Any]]:
+    """Yield ``(grpc_url, server_or_None)``: the running server at ``url``, or a server
+    started here on ``repository`` (free ports, log in ``out_dir``; ``gpu``: leave the
+    server's GPU support on) and stopped after."""
+    if url:
+        yield url, None
+        return
+    if repository is None:
+        raise ConfigError("give a model repository (--model-repository) or the gRPC --url of a running server")
+    from covidct.triton_server import ServerConfig, TritonServer
+
+    config = ServerConfig(Path(repository), log_path=out_dir / log_name, startup_timeout_s=300, gpu=gpu)
+    server = TritonServer(config)
+    server.start()
+    try:
+        yield server.grpc_url, server
+    finally:
+        server.stop()
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (one line per row, cells converted with ``str``)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parse_markdown_table(text: str) -> list[dict[str, str]]:
+    """Rows of the first Markdown table in ``text`` as ``header -> cell`` dicts."""
+    lines: list[str] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break  # the first table ended
+    if len(lines) < 2:
+        return []
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == len(header):
+            rows.append(dict(zip(header, cells)))
+    return rows
