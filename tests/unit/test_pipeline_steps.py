@@ -157,3 +157,25 @@ def test_reference_chain_verdicts_and_lung_volume() -> None:
         volume, lambda x: np.full((x.shape[0], 1), 0.2, np.float32), segment, cfg
     )
     assert negative["VERDICT"].tolist() == [0] and negative["MODEL_VERSIONS"].shape == (0,)
+
+
+def test_preprocess_step_in_chunks_equals_one_pass() -> None:
+    hu, _ = _chest()
+    cfg = PipelineConfig(
+        classifier_input=ModelInputConfig(size=64, mask_channels=True),
+        segmenter_input=ModelInputConfig(size=32),
+    )
+    spacing = np.array(SPACING, np.float32)
+    one_pass = preprocess_step(hu, spacing, cfg, chunk_slices=len(hu))
+    for chunk in (1, 5):  # 12 slices: equal chunks and a ragged last chunk
+        chunked = preprocess_step(hu, spacing, cfg, chunk_slices=chunk)
+        assert set(chunked) == set(one_pass)
+        for name, value in one_pass.items():
+            np.testing.assert_array_equal(chunked[name], value, err_msg=name)
+            assert chunked[name].dtype == value.dtype
+
+
+def test_preprocess_step_refuses_a_zero_chunk() -> None:
+    hu, _ = _chest()
+    with pytest.raises(ConfigError, match="chunk_slices must be >= 1; got 0"):
+        preprocess_step(hu, np.array(SPACING, np.float32), PipelineConfig(), chunk_slices=0)
