@@ -17,23 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-
-def _median_ms(fn, repeats: int) -> tuple[float, float]:
-    """Median wall and CPU (process) milliseconds of ``repeats`` calls of ``fn``."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append((time.perf_counter() - w0) * 1000.0)
-        cpu.append((time.process_time() - c0) * 1000.0)
-    return statistics.median(wall), statistics.median(cpu)
+from benchmarks.common import median_ms
 
 
 def export_random(name: str, size: int, folder: Path) -> tuple[Path, str, str, int]:
@@ -70,7 +59,7 @@ def bench_network(name: str, size: int, batches: list[int], threads: list[int], 
         for batch in batches:
             x = np.random.default_rng(0).random((batch, 1, size, size), dtype=np.float32)
             session.run([out], {inp: x})  # warm-up
-            wall, cpu = _median_ms(lambda: session.run([out], {inp: x}), repeats)
+            wall, cpu = median_ms(lambda: session.run([out], {inp: x}), repeats)
             rows.append({
                 "network": name, "size": size, "onnx_mb": size_bytes / 1e6, "threads": n_threads,
                 "batch": batch, "ms_per_slice": wall / batch, "cpu_ms_per_slice": cpu / batch,

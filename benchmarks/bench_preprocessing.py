@@ -22,13 +22,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import median_ms  # noqa: E402
 from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
 from preprocessing.hu_window import window_normalize  # noqa: E402
 from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
@@ -36,22 +34,6 @@ from preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # no
 from preprocessing.pipeline_steps import lung_select_step, preprocess_step  # noqa: E402
 from preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
 from preprocessing.volume import CTVolume  # noqa: E402
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median wall-clock and median CPU (process) milliseconds of ``repeats`` calls.
-
-    CPU time is the robust figure on a shared machine: it does not count the time the
-    process waits for a core that other jobs hold.
-    """
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append((time.perf_counter() - w0) * 1000.0)
-        cpu.append((time.process_time() - c0) * 1000.0)
-    return statistics.median(wall), statistics.median(cpu)
-
 
 def _load(args: argparse.Namespace) -> tuple[CTVolume, str]:
     if args.series:
@@ -85,20 +67,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         select_open_lung_slices(hu, base.selection)
 
     rows: list[tuple[str, str, tuple[float, float], int]] = [
-        ("window (HU -> [0,1])", "N", _median_ms(lambda: window_normalize(hu, base.window), r), n),
-        ("lung + infection masks", "N", _median_ms(lambda: lung_and_infection_masks(hu, base.masks), r), n),
-        ("open-lung selection", "N", _median_ms(lambda: select_open_lung_slices(hu, base.selection), r), n),
-        ("window + masks + selection", "N", _median_ms(masks_and_selection, r), n),
-        ("lung_select_step", "N", _median_ms(lambda: lung_select_step(hu, base), r), n),
-        ("classifier_inputs 224 (plain)", "K", _median_ms(lambda: classifier_inputs(sel_hu, base), r), k),
-        ("segmenter_inputs 256 (plain)", "K", _median_ms(lambda: segmenter_inputs(sel_hu, base), r), k),
+        ("window (HU -> [0,1])", "N", median_ms(lambda: window_normalize(hu, base.window), r), n),
+        ("lung + infection masks", "N", median_ms(lambda: lung_and_infection_masks(hu, base.masks), r), n),
+        ("open-lung selection", "N", median_ms(lambda: select_open_lung_slices(hu, base.selection), r), n),
+        ("window + masks + selection", "N", median_ms(masks_and_selection, r), n),
+        ("lung_select_step", "N", median_ms(lambda: lung_select_step(hu, base), r), n),
+        ("classifier_inputs 224 (plain)", "K", median_ms(lambda: classifier_inputs(sel_hu, base), r), k),
+        ("segmenter_inputs 256 (plain)", "K", median_ms(lambda: segmenter_inputs(sel_hu, base), r), k),
         (
             "classifier_inputs 224 crop+masks",
             "K",
-            _median_ms(lambda: classifier_inputs(sel_hu, crop_cfg), r),
+            median_ms(lambda: classifier_inputs(sel_hu, crop_cfg), r),
             k,
         ),
-        ("preprocess_step (default cfg)", "K", _median_ms(lambda: preprocess_step(sel_hu, spacing, base), r), k),
+        ("preprocess_step (default cfg)", "K", median_ms(lambda: preprocess_step(sel_hu, spacing, base), r), k),
     ]
     result = {
         "source": source,

@@ -12,9 +12,10 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,21 @@ from covidct.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU (process) milliseconds of ``repeats`` calls of ``fn``.
+
+    CPU time is the robust figure on a shared machine: it does not count the time the
+    process waits for a core that other jobs hold.
+    """
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - w0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
+    return statistics.median(wall), statistics.median(cpu)
 
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
