@@ -1,8 +1,8 @@
 """Series reading speed: ms per slice, headers + decode + HU, for DICOM folders.
 
 Cases:
-- an uncompressed series (default 406 slices of 512x512, written with
-  ``tests/unit/dicom_factory.py`` into a temporary folder);
+- an uncompressed phantom series (default 406 slices of 512x512: ``preprocessing.phantom``
+  written by ``preprocessing.series_writer`` into a temporary folder);
 - the real COVID-CT-MD series (JPEG Lossless), from ``--data-dir`` or
   ``COVIDCT_DATA_DIR``; skipped when neither is given.
 
@@ -28,7 +28,9 @@ from pathlib import Path
 
 from preprocessing.config import ReaderConfig
 from preprocessing.dicom_series import scan_dicom
+from preprocessing.phantom import make_phantom
 from preprocessing.series_reader import read_series
+from preprocessing.series_writer import write_dicom_series
 
 REAL_SERIES = ("P002", "cap002", "normal002")
 
@@ -64,9 +66,8 @@ def _time_read(folder: Path, workers: int, repeats: int) -> dict:
 
 
 def _write_uncompressed(folder: Path, num_slices: int, size: int) -> None:
-    from tests.unit.dicom_factory import write_ct_series  # repository-root import
-
-    write_ct_series(folder, num_slices=num_slices, rows=size, cols=size, dz=1.0)
+    phantom = make_phantom(num_slices=num_slices, size=size, covid=True, seed=0)
+    write_dicom_series(phantom.volume, folder)
 
 
 def main(argv: list[str] | None = None) -> dict:
