@@ -18,8 +18,8 @@ time exactly what it saw in training. For HU slices ``[K, H, W]`` and a
 
 Output: float32 ``[K, C, S, S]`` (NCHW), ``C = 1`` (image) or ``3`` (image, lung,
 infection). Masks are computed only when step 2 or 4 needs them; callers that already
-have them (the ``preprocess`` step computes them once for both networks) pass
-``masks=(lung, infection)``.
+have them, or the windowed slices of step 1 (the ``preprocess`` step computes both once
+for both networks), pass ``masks=(lung, infection)`` and ``windowed=``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def network_inputs(
     config: PipelineConfig,
     input_config: ModelInputConfig,
     masks: Masks | None = None,
+    windowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """HU slices ``[K, H, W]`` -> float32 ``[K, C, S, S]`` for one network (see module docstring).
 
@@ -72,6 +73,7 @@ def network_inputs(
         config: the pipeline config (window, masks, crop settings).
         input_config: the network's input settings (size, lung_crop, mask_channels).
         masks: optional precomputed ``(lung, infection)`` bool ``[K, H, W]``.
+        windowed: optional ``window_normalize(hu, config.window)``, float32 ``[K, H, W]``.
     """
     array = _check_slices(hu)
     size = int(input_config.size)
@@ -83,7 +85,14 @@ def network_inputs(
             if masks is None
             else _check_masks(masks, array.shape)
         )
-    images = window_normalize(array, config.window)
+    if windowed is None:
+        images = window_normalize(array, config.window)
+    elif np.shape(windowed) != array.shape:
+        raise VolumeError(
+            f"model inputs: windowed slices have shape {np.shape(windowed)}; expected {array.shape} like hu"
+        )
+    else:
+        images = windowed
     k = array.shape[0]
     out = np.empty((k, input_config.channels, size, size), dtype=np.float32)
     if input_config.lung_crop:
@@ -100,11 +109,21 @@ def network_inputs(
     return out
 
 
-def classifier_inputs(hu: np.ndarray, config: PipelineConfig, masks: Masks | None = None) -> np.ndarray:
+def classifier_inputs(
+    hu: np.ndarray,
+    config: PipelineConfig,
+    masks: Masks | None = None,
+    windowed: np.ndarray | None = None,
+) -> np.ndarray:
     """Classifier input float32 ``[K, C, S, S]`` of HU slices ``[K, H, W]`` (``config.classifier_input``)."""
-    return network_inputs(hu, config, config.classifier_input, masks)
+    return network_inputs(hu, config, config.classifier_input, masks, windowed)
 
 
-def segmenter_inputs(hu: np.ndarray, config: PipelineConfig, masks: Masks | None = None) -> np.ndarray:
+def segmenter_inputs(
+    hu: np.ndarray,
+    config: PipelineConfig,
+    masks: Masks | None = None,
+    windowed: np.ndarray | None = None,
+) -> np.ndarray:
     """Segmenter input float32 ``[K, C, S, S]`` of HU slices ``[K, H, W]`` (``config.segmenter_input``)."""
-    return network_inputs(hu, config, config.segmenter_input, masks)
+    return network_inputs(hu, config, config.segmenter_input, masks, windowed)

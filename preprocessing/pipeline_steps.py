@@ -36,6 +36,7 @@ import numpy as np
 
 from covidct.errors import ConfigError, TensorInputError
 from preprocessing.config import PipelineConfig
+from preprocessing.hu_window import window_normalize
 from preprocessing.lung_masks import lung_and_infection_masks
 from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
 from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
@@ -112,15 +113,17 @@ def preprocess_step(
 
 def _prepare_slices(hu: np.ndarray, config: PipelineConfig) -> Arrays:
     """Network inputs and lung mask of a few HU slices (the per-slice part of preprocess_step)."""
-    # The lung mask is always needed (LUNG_MASK); compute both masks once for all uses.
+    # The lung mask is always needed (LUNG_MASK); compute both masks, and the windowed
+    # slices, once for both networks.
     masks = lung_and_infection_masks(hu, config.masks)
+    windowed = window_normalize(hu, config.window)
     size = int(config.segmenter_input.size)
     return {
         "CLASSIFIER_INPUT": classifier_inputs(
-            hu, config, masks if needs_masks(config.classifier_input) else None
+            hu, config, masks if needs_masks(config.classifier_input) else None, windowed
         ),
         "SEGMENTER_INPUT": segmenter_inputs(
-            hu, config, masks if needs_masks(config.segmenter_input) else None
+            hu, config, masks if needs_masks(config.segmenter_input) else None, windowed
         ),
         "LUNG_MASK": resize_nearest(masks[0], (size, size)).astype(np.uint8),
     }

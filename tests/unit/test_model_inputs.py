@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from covidct.errors import VolumeError
 from preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
+from preprocessing.hu_window import window_normalize
 from preprocessing.model_inputs import classifier_inputs, network_inputs, segmenter_inputs
 
 
@@ -92,3 +93,18 @@ def test_model_input_errors_name_the_problem() -> None:
         classifier_inputs(np.zeros((0, 8, 8), np.int16), PipelineConfig())
     with pytest.raises(VolumeError, match=r"input size 0"):
         network_inputs(np.zeros((1, 8, 8), np.int16), PipelineConfig(), ModelInputConfig(size=0))
+
+
+def test_precomputed_windowed_slices_give_the_same_input() -> None:
+    hu, _ = _slices()
+    cfg = PipelineConfig(classifier_input=ModelInputConfig(size=16, mask_channels=True))
+    windowed = window_normalize(hu, cfg.window)
+    np.testing.assert_array_equal(
+        classifier_inputs(hu, cfg, windowed=windowed), classifier_inputs(hu, cfg)
+    )
+
+
+def test_windowed_slices_of_another_shape_are_refused() -> None:
+    hu, _ = _slices()
+    with pytest.raises(VolumeError, match=r"windowed slices have shape \(1, 4, 4\); expected"):
+        segmenter_inputs(hu, PipelineConfig(), windowed=np.zeros((1, 4, 4), np.float32))
