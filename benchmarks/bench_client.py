@@ -35,8 +35,8 @@ import tritonclient.grpc as grpcclient
 from client.batch import submit_many
 from client.submit import PipelineClient, read_volume
 from client.transport import TransportConfig
-from preprocessing.phantom import make_phantom
-from preprocessing.series_writer import write_dicom_series
+from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.io.series_writer import write_dicom_series
 
 ENSEMBLE = "covid_ct_pipeline"
 

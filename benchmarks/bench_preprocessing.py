@@ -6,7 +6,7 @@ comparable with the 2 ms/slice target (HU + masks + selection on 512x512)::
     taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --slices 406 --out bench.json
     taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --series /path/to/dicom_folder
 
-The volume is the synthetic phantom (``preprocessing.phantom.make_phantom``) unless
+The volume is the synthetic phantom (``preprocessing.synthetic.phantom.make_phantom``) unless
 ``--series`` names a real series. Stages on the whole volume are reported per volume
 slice (N); stages after selection per selected slice (K). Each figure is the median of
 ``--repeats`` runs.
@@ -31,17 +31,17 @@ from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
 from preprocessing.hu_window import window_normalize  # noqa: E402
 from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
 from preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # noqa: E402
-from preprocessing.pipeline_steps import lung_select_step, preprocess_step  # noqa: E402
+from covidct.serving.steps import lung_select_step, preprocess_step  # noqa: E402
 from preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
 from preprocessing.volume import CTVolume  # noqa: E402
 
 def _load(args: argparse.Namespace) -> tuple[CTVolume, str]:
     if args.series:
-        from preprocessing.series_reader import read_series
+        from preprocessing.io.series_reader import read_series
 
         volume = read_series(args.series)
         return volume, f"series {Path(args.series).name}"
-    from preprocessing.phantom import make_phantom
+    from preprocessing.synthetic.phantom import make_phantom
 
     phantom = make_phantom(num_slices=args.slices, size=args.size, covid=True, seed=args.seed)
     return phantom.volume, f"phantom seed {args.seed}"

@@ -1,8 +1,8 @@
 """Series reading speed: ms per slice, headers + decode + HU, for DICOM folders.
 
 Cases:
-- an uncompressed phantom series (default 406 slices of 512x512: ``preprocessing.phantom``
-  written by ``preprocessing.series_writer`` into a temporary folder);
+- an uncompressed phantom series (default 406 slices of 512x512: ``preprocessing.synthetic.phantom``
+  written by ``preprocessing.io.series_writer`` into a temporary folder);
 - the real COVID-CT-MD series (JPEG Lossless), from ``--data-dir`` or
   ``COVIDCT_DATA_DIR``; skipped when neither is given.
 
@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 from preprocessing.config import ReaderConfig
-from preprocessing.dicom_series import scan_dicom
-from preprocessing.phantom import make_phantom
-from preprocessing.series_reader import read_series
-from preprocessing.series_writer import write_dicom_series
+from preprocessing.io.dicom_series import scan_dicom
+from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.io.series_reader import read_series
+from preprocessing.io.series_writer import write_dicom_series
 
 REAL_SERIES = ("P002", "cap002", "normal002")
 

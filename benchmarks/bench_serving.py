@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 
 from client.submit import submit
 from covidct.triton_server import ServerConfig, TritonServer
-from preprocessing.phantom import make_phantom
+from preprocessing.synthetic.phantom import make_phantom
 
 ENSEMBLE = "covid_ct_pipeline"
 STEPS = ("lung_select", "preprocess", "classifier", "segmenter", "vote")

@@ -157,7 +157,7 @@ def fit_latency(slices: Sequence[int], latencies_s: Sequence[float]) -> LinearFi
 
 def phantom_volume(num_slices: int, size: int, seed: int):
     """A COVID-positive phantom series (int16 HU ``[num_slices, size, size]``)."""
-    from preprocessing.phantom import make_phantom
+    from preprocessing.synthetic.phantom import make_phantom
 
     return make_phantom(num_slices, size=size, covid=True, seed=seed).volume
 

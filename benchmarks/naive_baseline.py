@@ -8,10 +8,10 @@ models and *our* preprocessing, so that every benchmark report carries a measure
 1. open-lung selection over the volume (:func:`preprocessing.slice_selection.select_open_lung_slices`,
    the function the ``lung_select`` model calls; it counts dark pixels per slice);
 2. for each selected slice, alone: window + lung/infection masks + resize through
-   :func:`preprocessing.pipeline_steps.preprocess_step` on a ``[1, H, W]`` stack;
+   :func:`covidct.serving.steps.preprocess_step` on a ``[1, H, W]`` stack;
    the classifier and the segmenter each run on that one slice with ONNX Runtime (FP32,
    the served ``model.onnx``, the same thread settings as the served runner: all cores);
-3. the patient vote, lesion burden and lung volume (:func:`preprocessing.pipeline_steps.vote_step`).
+3. the patient vote, lesion burden and lung volume (:func:`covidct.serving.steps.vote_step`).
 
 No copies to a server, no batching. Latencies are in seconds.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from covidct.errors import ConfigError, ExportError
 from preprocessing.config import PipelineConfig
-from preprocessing.pipeline_steps import preprocess_step, vote_step
+from covidct.serving.steps import preprocess_step, vote_step
 from preprocessing.slice_selection import select_open_lung_slices
 from preprocessing.volume import CTVolume
 
@@ -86,7 +86,7 @@ class NaiveBaseline:
         self.device = device
         self.networks = {}
         if backend == "torch":
-            from export.heads import probability_model
+            from training.heads import probability_model
             from training.checkpoint import load_checkpoint
 
             for model in RUNNER_MODELS:

@@ -42,7 +42,7 @@ from benchmarks.common import write_json, write_resolved_config
 from benchmarks.naive_baseline import NaiveBaseline
 from benchmarks.plots import plot_concurrency
 from covidct.errors import BenchmarkToolError
-from preprocessing.pipeline_steps import lung_select_step, preprocess_step
+from covidct.serving.steps import lung_select_step, preprocess_step
 
 PERF_ANALYZER_ENV = "COVIDCT_PERF_ANALYZER"
 ALL_MODELS = ("covid_ct_pipeline", "lung_select", "preprocess", "classifier", "segmenter", "vote")

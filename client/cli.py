@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covidct.errors import ClientError, InputError
-from preprocessing.nifti_volume import NIFTI_SUFFIXES
+from preprocessing.io.nifti_volume import NIFTI_SUFFIXES
 
 from client.batch import ExitCode, batch_exit_code, submit_many
 from client.report import format_table, report_json

@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from covidct.errors import ClientError, ModelNotReadyError, ServerUnavailableError
 from preprocessing.config import ReaderConfig
-from preprocessing.series_reader import read_series
+from preprocessing.io.series_reader import read_series
 from preprocessing.volume import CTVolume
 
 from client.result import OUTPUT_NAMES, PipelineResult, Timings, parse_result, server_seconds

@@ -71,7 +71,7 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[PatientCa
     """Phantom patients for ``config.slice_counts`` (alternating positive / negative)."""
     from tqdm import tqdm
 
-    from preprocessing.phantom import make_phantom
+    from preprocessing.synthetic.phantom import make_phantom
 
     cases = []
     for i, num_slices in enumerate(tqdm(config.slice_counts, desc="synthetic patients", disable=not progress)):
@@ -84,7 +84,7 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[PatientCa
 
 def real_case(data_dir: Path, series: str) -> PatientCase:
     """The real series ``series`` of the COVID-CT-MD samples, with its diagnosis from labels.csv."""
-    from preprocessing.series_reader import read_series
+    from preprocessing.io.series_reader import read_series
 
     truth = "unknown"
     with open(data_dir / "labels.csv", newline="", encoding="utf-8") as handle:

@@ -4,5 +4,5 @@ build, model runners, model repository generation and validation.
 Entry points: ``python -m export`` (CLI), :func:`export.repository.build_repository`,
 :func:`export.onnx_export.export_checkpoint`, :func:`export.validate.validate_repository`.
 See ``export/README.md``. This package file imports nothing: the Triton Python-backend
-stub imports :mod:`export.runners` and must not pay for torch or onnx.
+stub imports :mod:`covidct.serving.runners` and must not pay for torch or onnx.
 """

@@ -1,6 +1,6 @@
 """Checkpoint -> ONNX file with named tensors, a dynamic slice axis and a parity check.
 
-The exported graph is ``network + probability head`` (:mod:`export.heads`):
+The exported graph is ``network + probability head`` (:mod:`training.heads`):
 
 - input ``<input name>`` float32 ``[slices, C, S, S]`` (NCHW; the slice axis is dynamic,
   named ``slices``; C and S fixed by the checkpoint's ``model_config.json``);
@@ -169,7 +169,7 @@ def export_network(
     import onnx
     import torch
 
-    from export.heads import probability_model
+    from training.heads import probability_model
 
     out_path = Path(out_path)
     inp, out = exported_specs(io, model_config)

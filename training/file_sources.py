@@ -35,7 +35,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _read(path: Path):
-    from preprocessing.series_reader import read_series
+    from preprocessing.io.series_reader import read_series
 
     return read_series(path)
 

@@ -78,7 +78,7 @@ class PatientCase:
 
 def _phantom_loader(pid: str, label: int, num_slices: int, size: int, seed: int) -> Callable[[], PatientData]:
     def load() -> PatientData:
-        from preprocessing.phantom import make_phantom
+        from preprocessing.synthetic.phantom import make_phantom
 
         ph = make_phantom(num_slices=num_slices, size=size, covid=bool(label), seed=seed)
         return PatientData(
@@ -113,7 +113,7 @@ def phantom_cases(
 
 def _insertion_loader(source: str, pid: str, copy: int, seed: int) -> Callable[[], PatientData]:
     def load() -> PatientData:
-        from preprocessing.series_reader import read_series
+        from preprocessing.io.series_reader import read_series
 
         volume = read_series(source)
         if copy == 0:
@@ -127,7 +127,7 @@ def _insertion_loader(source: str, pid: str, copy: int, seed: int) -> Callable[[
                 infection_mask=np.zeros(volume.hu.shape, bool),
                 group_id=source,
             )
-        from preprocessing.lesion_insertion import insert_lesions
+        from preprocessing.synthetic.lesion_insertion import insert_lesions
 
         ph = insert_lesions(volume, seed=seed)
         return PatientData(

@@ -14,8 +14,8 @@ from client.batch import ExitCode
 from client.cli import main
 from client.report import validate_report
 from client.submit import submit
-from preprocessing.phantom import make_phantom
-from preprocessing.series_writer import write_dicom_series
+from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.io.series_writer import write_dicom_series
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_error_kinds_have_their_own_exit_codes(triton_server, tmp_path, capsys):
 
 @pytest.mark.real_data
 def test_real_jpeg_lossless_series_through_the_cli(triton_server, real_data_dir, capsys):
-    from preprocessing.series_reader import read_series
+    from preprocessing.io.series_reader import read_series
 
     series = real_data_dir / "P002"
     code, document, _ = run_json(capsys, [str(series), "--url", triton_server.grpc_url])

@@ -19,8 +19,8 @@ from client.shared_memory import REGION_PREFIX
 from client.submit import PipelineClient, submit
 from client.transport import TransportConfig
 from covidct.errors import DeadlineExceededError, InferenceFailedError
-from preprocessing.phantom import make_phantom
-from preprocessing.series_writer import write_dicom_series
+from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.io.series_writer import write_dicom_series
 from preprocessing.volume import CTVolume
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client.submit import submit
-from preprocessing.phantom import make_phantom
+from preprocessing.synthetic.phantom import make_phantom
 
 from .conftest import ENSEMBLE, STEP_MODELS
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from client.submit import submit
-from preprocessing.phantom import make_phantom
-from preprocessing.pipeline_steps import run_pipeline_reference
+from preprocessing.synthetic.phantom import make_phantom
+from covidct.serving.steps import run_pipeline_reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from client.submit import PipelineResult, submit
-from preprocessing.phantom import make_phantom
+from preprocessing.synthetic.phantom import make_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def test_slice_counts_complete(triton_server, num_slices, size):
 
 @pytest.mark.real_data
 def test_real_jpeg_lossless_series_completes(triton_server, real_data_dir):
-    from preprocessing.series_reader import read_series
+    from preprocessing.io.series_reader import read_series
 
     volume = read_series(real_data_dir / "P002")
     assert volume.source_format == "dicom"

@@ -25,7 +25,7 @@ from covidct.errors import (
     ServerUnavailableError,
     TLSConfigError,
 )
-from preprocessing.phantom import make_phantom
+from preprocessing.synthetic.phantom import make_phantom
 
 
 def free_port() -> int:

@@ -21,8 +21,8 @@ from pydicom.uid import (
 
 from covidct.errors import MixedSeriesError
 from preprocessing.config import ReaderConfig
-from preprocessing.dicom_decode import DecodeTask, decode_series, resolve_workers, stored_to_hu
-from preprocessing.series_reader import read_dicom_series, read_series
+from preprocessing.io.dicom_decode import DecodeTask, decode_series, resolve_workers, stored_to_hu
+from preprocessing.io.series_reader import read_dicom_series, read_series
 from preprocessing.volume import make_series_key
 from tests.unit.dicom_factory import PATIENT_ID, PATIENT_NAME, STUDY_DATE, write_ct_series
 

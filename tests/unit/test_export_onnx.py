@@ -119,7 +119,7 @@ def test_export_two_logit_classifier_and_mask_channels(tmp_path):
 
 
 def test_parity_check_catches_a_tampered_export(tmp_path):
-    from export.heads import probability_model
+    from training.heads import probability_model
     from export.parity import torch_function
     from training.checkpoint import load_checkpoint
 

@@ -23,7 +23,7 @@ from export.__main__ import main
 from export.config import DEFAULT_SOURCE_REPOSITORY, OnnxExportConfig, RepositoryOptions
 from export.pbtxt import get_parameter, input_specs, output_specs, read_config
 from export.repository import STEPS, build_repository, generate_repository
-from export.runners import OnnxRuntimeRunner, RunnerSettings
+from covidct.serving.runners import OnnxRuntimeRunner, RunnerSettings
 from export.validate import validate_repository
 from preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
 from training.checkpoint import save_checkpoint

@@ -18,7 +18,7 @@ import torch
 
 from covidct.errors import CheckpointError, ExportError, TensorInputError
 from export.onnx_export import export_checkpoint
-from export.runners import (
+from covidct.serving.runners import (
     OnnxRuntimeRunner,
     RunnerSettings,
     TorchHalfRunner,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.lesion_insertion import insert_lesions
-from preprocessing.phantom import Phantom, make_phantom
-from preprocessing.series_reader import read_series
+from preprocessing.synthetic.lesion_insertion import insert_lesions
+from preprocessing.synthetic.phantom import Phantom, make_phantom
+from preprocessing.io.series_reader import read_series
 from preprocessing.volume import CTVolume
 
 #: Border voxels mix 80 % lesion with 20 % of the original (down to -1024 HU); noise on top.

@@ -19,8 +19,8 @@ from covidct.errors import (
     VolumeError,
 )
 from preprocessing.config import ReaderConfig
-from preprocessing.series_reader import read_series
-from preprocessing.tiff_series import natural_key, read_tiff_folder
+from preprocessing.io.series_reader import read_series
+from preprocessing.io.tiff_series import natural_key, read_tiff_folder
 
 SPACING_XYZ = (0.6, 0.7, 2.0)
 

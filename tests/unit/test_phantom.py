@@ -7,7 +7,7 @@ import pytest
 
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import SelectionConfig
-from preprocessing.phantom import Phantom, PhantomConfig, make_phantom
+from preprocessing.synthetic.phantom import Phantom, PhantomConfig, make_phantom
 
 NOISE_TOLERANCE_HU = 3 * PhantomConfig().noise_hu
 
@@ -143,7 +143,7 @@ def test_bad_arguments_are_rejected() -> None:
         make_phantom(num_slices=10, size=8)
     with pytest.raises(ConfigError, match="spacing_mm"):
         make_phantom(num_slices=10, size=64, spacing_mm=(2.0, -0.7, 0.7))
-    from preprocessing.lesion_model import LesionConfig
+    from preprocessing.synthetic.lesion_model import LesionConfig
 
     bad = PhantomConfig(lesions=LesionConfig(n_lesions=(5, 2)))
     with pytest.raises(ConfigError, match=r"n_lesions=\(5, 2\)"):

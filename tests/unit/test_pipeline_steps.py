@@ -7,7 +7,7 @@ import pytest
 
 from covidct.errors import ConfigError, TensorInputError
 from preprocessing.config import ModelInputConfig, PipelineConfig
-from preprocessing.pipeline_steps import (
+from covidct.serving.steps import (
     lung_select_step,
     preprocess_step,
     run_pipeline_reference,

@@ -1,4 +1,4 @@
-"""The Triton-free parts of covidct.python_backend (StepModel itself runs in the
+"""The Triton-free parts of covidct.serving.step_model (StepModel itself runs in the
 integration tests inside the real server)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from covidct.python_backend import (
+from covidct.serving.step_model import (
     model_config,
     parse_model_versions,
     runner_step,

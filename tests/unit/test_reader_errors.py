@@ -26,7 +26,7 @@ from covidct.errors import (
     UnsupportedFormatError,
 )
 from preprocessing.config import ReaderConfig
-from preprocessing.series_reader import read_series
+from preprocessing.io.series_reader import read_series
 from tests.unit.dicom_factory import write_ct_series
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from preprocessing.lung_masks import lung_mask
 from preprocessing.patient_vote import lung_volume_ml
-from preprocessing.series_reader import read_series
+from preprocessing.io.series_reader import read_series
 from preprocessing.slice_selection import select_open_lung_slices
 from preprocessing.volume import CTVolume
 

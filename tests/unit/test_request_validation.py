@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covidct.errors import TensorInputError
-from preprocessing.request_validation import (
+from covidct.serving.request_validation import (
     check_tensor,
     validate_hu_volume,
     validate_probabilities,

@@ -13,9 +13,9 @@ import tifffile
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.phantom import make_phantom
-from preprocessing.series_reader import read_series
-from preprocessing.series_writer import (
+from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.io.series_reader import read_series
+from preprocessing.io.series_writer import (
     write_dicom_series,
     write_dicom_zip,
     write_nifti,

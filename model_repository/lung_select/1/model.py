@@ -1,9 +1,9 @@
 """Triton Python model ``lung_select``: whole HU volume -> paper 002's open-lung slice selection.
 
 Tensors are declared in this model's ``config.pbtxt``; the numerics live in
-:func:`preprocessing.pipeline_steps.lung_select_step` (unit-tested without Triton); settings come
+:func:`covidct.serving.steps.lung_select_step` (unit-tested without Triton); settings come
 from ``pipeline_config.json`` in this version folder. Request handling (unpack, pack,
-per-request errors) is :class:`covidct.python_backend.StepModel`.
+per-request errors) is :class:`covidct.serving.step_model.StepModel`.
 """
 
 import os
@@ -16,9 +16,9 @@ sys.path[:0] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pat
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from covidct.python_backend import StepModel, version_dir  # noqa: E402
+from covidct.serving.step_model import StepModel, version_dir  # noqa: E402
 from preprocessing.config import PipelineConfig  # noqa: E402
-from preprocessing.pipeline_steps import lung_select_step  # noqa: E402
+from covidct.serving.steps import lung_select_step  # noqa: E402
 
 
 class TritonPythonModel:

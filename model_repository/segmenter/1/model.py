@@ -1,10 +1,10 @@
 """Triton Python model ``segmenter`` (portable profile): per-pixel infection probability.
 
 Tensors and knobs are declared in this model's ``config.pbtxt``; the network runs in
-:mod:`export.runners` (unit-tested without Triton): ONNX Runtime on ``KIND_CPU``
+:mod:`covidct.serving.runners` (unit-tested without Triton): ONNX Runtime on ``KIND_CPU``
 instances (``model.onnx`` in this version folder), torch FP16 on ``KIND_GPU`` instances
 (``weights.pt`` + ``model_config.json`` in this version folder). Request handling is
-:class:`covidct.python_backend.StepModel`.
+:class:`covidct.serving.step_model.StepModel`.
 """
 
 import os
@@ -17,8 +17,8 @@ sys.path[:0] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pat
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from covidct.python_backend import StepModel, model_config, runner_step, version_dir  # noqa: E402
-from export.runners import RunnerSettings, create_runner  # noqa: E402
+from covidct.serving.step_model import StepModel, model_config, runner_step, version_dir  # noqa: E402
+from covidct.serving.runners import RunnerSettings, create_runner  # noqa: E402
 
 
 class TritonPythonModel:

@@ -1,6 +1,6 @@
 """Group scanned DICOM slices into series, pick one, and validate its geometry.
 
-Works on headers only (:mod:`preprocessing.dicom_scan`), so every check (slice count,
+Works on headers only (:mod:`preprocessing.io.dicom_scan`), so every check (slice count,
 geometry, rescale, positions) happens before a single pixel is decoded.
 
 Slices are sorted by patient position: Image Position (Patient) (0020,0032) projected
@@ -30,10 +30,10 @@ from covidct.errors import (
     UnsupportedFormatError,
     dicom_tag,
 )
-from preprocessing import dicom_scan as scan
+from preprocessing.io import dicom_scan as scan
 from preprocessing.config import ReaderConfig
-from preprocessing.dicom_scan import FileRef, SkippedFile, SliceHeader
-from preprocessing.reader_checks import check_slice_count
+from preprocessing.io.dicom_scan import FileRef, SkippedFile, SliceHeader
+from preprocessing.io.reader_checks import check_slice_count
 from preprocessing.volume import make_series_key
 
 SERIES_RULES = ("most_slices", "thinnest")

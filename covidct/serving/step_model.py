@@ -1,8 +1,8 @@
 """Request handling shared by the bundle's Triton Python-backend models.
 
 Every ``model_repository/*/1/model.py`` is a thin shell around :class:`StepModel`: it
-names one plain, unit-tested function (``preprocessing.pipeline_steps.*`` or a network
-runner from ``export.runners``) and this class does the rest:
+names one plain, unit-tested function (``covidct.serving.steps.*`` or a network
+runner from ``covidct.serving.runners``) and this class does the rest:
 
 * reads the tensor names, dtypes and dims from the model's own ``config.pbtxt``
   (Triton hands it over as JSON in ``args["model_config"]``); nothing is repeated in code;

@@ -25,7 +25,7 @@ from nibabel.orientations import (
 
 from covidct.errors import PixelDecodeError, UnsupportedFormatError, VolumeError
 from preprocessing.config import ReaderConfig
-from preprocessing.reader_checks import check_slice_count, clip_to_int16
+from preprocessing.io.reader_checks import check_slice_count, clip_to_int16
 from preprocessing.volume import CTVolume, make_series_key
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -3,11 +3,11 @@
 :func:`read_series` dispatches on the source:
 
 - DICOM folder (recursive), ``.zip`` of one, or a single DICOM file: headers are
-  scanned and validated first (:mod:`preprocessing.dicom_series`), then pixels decoded
-  in parallel (:mod:`preprocessing.dicom_decode`). :func:`read_dicom_series` also
-  returns the :class:`~preprocessing.dicom_series.ScanReport` (skipped files, reasons).
-- ``.nii`` / ``.nii.gz``: :mod:`preprocessing.nifti_volume`.
-- folder of 16-bit ``.tif`` slices (COVID-CTset): :mod:`preprocessing.tiff_series`.
+  scanned and validated first (:mod:`preprocessing.io.dicom_series`), then pixels decoded
+  in parallel (:mod:`preprocessing.io.dicom_decode`). :func:`read_dicom_series` also
+  returns the :class:`~preprocessing.io.dicom_series.ScanReport` (skipped files, reasons).
+- ``.nii`` / ``.nii.gz``: :mod:`preprocessing.io.nifti_volume`.
+- folder of 16-bit ``.tif`` slices (COVID-CTset): :mod:`preprocessing.io.tiff_series`.
 - ``np.ndarray`` ``[N, H, W]`` of HU with ``spacing_mm`` (z, y, x).
 
 The result is HU int16 ``[N, H, W]`` sorted by position ascending, spacing in mm, and
@@ -25,11 +25,11 @@ import numpy as np
 
 from covidct.errors import ConfigError, UnsupportedFormatError, VolumeError
 from preprocessing.config import ReaderConfig
-from preprocessing.dicom_decode import DecodeTask, decode_series, resolve_workers
-from preprocessing.dicom_series import ScanReport, scan_dicom
-from preprocessing.nifti_volume import NIFTI_SUFFIXES, read_nifti
-from preprocessing.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
-from preprocessing.tiff_series import TIFF_SUFFIXES, read_tiff_folder, tiff_files
+from preprocessing.io.dicom_decode import DecodeTask, decode_series, resolve_workers
+from preprocessing.io.dicom_series import ScanReport, scan_dicom
+from preprocessing.io.nifti_volume import NIFTI_SUFFIXES, read_nifti
+from preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
+from preprocessing.io.tiff_series import TIFF_SUFFIXES, read_tiff_folder, tiff_files
 from preprocessing.volume import CTVolume, make_series_key
 
 #: Single files that are recognisably not a series this reader handles.

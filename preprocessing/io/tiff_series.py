@@ -18,7 +18,7 @@ import tifffile
 
 from covidct.errors import EmptySeriesError, GeometryMismatchError, PixelDecodeError, VolumeError
 from preprocessing.config import ReaderConfig
-from preprocessing.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
+from preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
 from preprocessing.volume import CTVolume, make_series_key
 
 TIFF_SUFFIXES = (".tif", ".tiff")

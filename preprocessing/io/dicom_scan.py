@@ -8,7 +8,7 @@ paths, drive letters) rejects the whole archive. Zip members are read in memory;
 is extracted.
 
 Grouping, the choice of one series and the geometry checks live in
-:mod:`preprocessing.dicom_series`.
+:mod:`preprocessing.io.dicom_series`.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from preprocessing.hu_window import window_normalize
 from preprocessing.lung_masks import lung_and_infection_masks
 from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
 from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
-from preprocessing.request_validation import (
+from covidct.serving.request_validation import (
     check_tensor,
     validate_hu_volume,
     validate_probabilities,

@@ -30,8 +30,8 @@ import pydicom
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from covidct.errors import ConfigError, PixelDecodeError
-from preprocessing.dicom_scan import PIXEL_DATA_TAG, quiet_pydicom
-from preprocessing.reader_checks import clip_to_int16
+from preprocessing.io.dicom_scan import PIXEL_DATA_TAG, quiet_pydicom
+from preprocessing.io.reader_checks import clip_to_int16
 
 #: Below this many slices per worker, the pool's start-up costs more than it saves.
 MIN_SLICES_PER_WORKER = 24

@@ -217,7 +217,7 @@ class TorchHalfRunner:
     ) -> "TorchHalfRunner":
         """Load ``weights.pt`` + ``model_config.json`` + ``pipeline_config.json`` of a
         version folder (a checkpoint layout) and wrap the network in its probability head."""
-        from export.heads import probability_model
+        from training.heads import probability_model
         from training.checkpoint import load_checkpoint
 
         network, model_config, _ = load_checkpoint(version_dir)

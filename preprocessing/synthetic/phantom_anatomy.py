@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preprocessing.lesion_model import LesionConfig
+from preprocessing.synthetic.lesion_model import LesionConfig
 
 
 @dataclass(frozen=True)
