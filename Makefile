@@ -17,7 +17,7 @@ PYTEST_ARGS     ?=
 PERF_WHEEL      ?= tritonclient==2.50.0
 PERF_DIR        := $(TRITON_DIR)/perf_analyzer
 
-.PHONY: setup demo test test-unit test-integration bench clean
+.PHONY: setup demo test test-unit test-integration lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -44,7 +44,11 @@ setup: $(VENV)/.installed $(TRITON_DIR)/.installed $(PERF_DIR)/.installed
 demo: setup
 	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m covidct demo
 
-test: setup
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: setup lint
 	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: setup

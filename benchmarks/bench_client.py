@@ -20,9 +20,7 @@ Writes ``bench_client.json`` into ``--output``. Never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,11 +30,12 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 
+from benchmarks.common import machine_info, triton_endpoint, write_json
 from client.batch import submit_many
 from client.submit import PipelineClient, read_volume
 from client.transport import TransportConfig
-from preprocessing.synthetic.phantom import make_phantom
 from preprocessing.io.series_writer import write_dicom_series
+from preprocessing.synthetic.phantom import make_phantom
 
 ENSEMBLE = "covid_ct_pipeline"
 
@@ -92,10 +91,12 @@ def time_split(url: str, series: Path, label: str, repeats: int) -> list[dict[st
             "transfer_s": prepare + round_trip - server,
             "total_s": read + prepare + round_trip,
             "verdict": result.verdict,
+            "mask_megabytes": (result.lung_mask.nbytes + result.infection_mask.nbytes) / 1e6,
         })
         print(
             f"{label:<22} {result.transport:<13} read {read:6.2f} s  prepare {prepare:6.3f} s  "
-            f"round trip {round_trip:6.2f} s  server {server:6.2f} s  -> transfer {prepare + round_trip - server:6.3f} s  "
+            f"round trip {round_trip:6.2f} s  server {server:6.2f} s  "
+            f"-> transfer {prepare + round_trip - server:6.3f} s  "
             f"total {read + prepare + round_trip:6.2f} s",
             flush=True,
         )
@@ -121,19 +122,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        url = args.url
-        if url is None:
-            from covidct.triton_server import ServerConfig, TritonServer
-
-            if args.model_repository is None:
-                raise SystemExit("pass --url of a running server or --model-repository")
-            server = stack.enter_context(TritonServer(ServerConfig(args.model_repository, log_path=output / "tritonserver.log")))
-            url = server.grpc_url
+        url, _server = stack.enter_context(triton_endpoint(args.model_repository, args.url, output))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_client_")))
         split_rows = []
         if args.split_slices > 0:
             phantom_dir = work / "phantom"
-            write_dicom_series(make_phantom(args.split_slices, size=args.size, covid=True, seed=7).volume, phantom_dir)
+            phantom = make_phantom(args.split_slices, size=args.size, covid=True, seed=7)
+            write_dicom_series(phantom.volume, phantom_dir)
             split_rows += time_split(url, phantom_dir, f"phantom {args.split_slices}x{args.size}", args.repeats)
         data_dir = os.environ.get("COVIDCT_DATA_DIR", "")
         if data_dir and (Path(data_dir) / "P002").is_dir():
@@ -141,17 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folders = []
         for i in range(args.patients):
             folder = work / f"patient{i:02d}"
-            write_dicom_series(make_phantom(args.tp_slices, size=args.size, covid=i % 2 == 0, seed=50 + i).volume, folder)
+            phantom = make_phantom(args.tp_slices, size=args.size, covid=i % 2 == 0, seed=50 + i)
+            write_dicom_series(phantom.volume, folder)
             folders.append(folder)
         tp_rows = throughput(url, folders, args.concurrency) if folders else []
-    report = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
-        "load_average": os.getloadavg(),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "time_split": split_rows,
-        "throughput": tp_rows,
-    }
-    (output / "bench_client.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report = {"machine": machine_info(), "time_split": split_rows, "throughput": tp_rows}
+    write_json(output / "bench_client.json", report)
     return report
 
 

@@ -9,20 +9,18 @@ CPU time is reported too: on a shared machine it does not count waiting for a co
     .venv/bin/python -m benchmarks.bench_export                       # cnn6@224, resnet50v2_fpn@512
     .venv/bin/python -m benchmarks.bench_export --networks cnn6:224 --batches 1 16 64 --out bench.json
 
-GPU (torch FP16 / TensorRT) latency is not measured here: no GPU on the dev machines.
+GPU latency (torch FP16 runner behind Triton) is measured by :mod:`benchmarks.gpu_run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import median_ms
+from benchmarks.common import machine_info, median_ms, write_json
 
 
 def export_random(name: str, size: int, folder: Path) -> tuple[Path, str, str, int]:
@@ -87,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['network']:16s} {r['size']:4d}  {r['onnx_mb']:7.1f}  {r['threads']:7d}  {r['batch']:5d}  "
               f"{r['ms_per_slice']:8.2f}  {r['cpu_ms_per_slice']:12.2f}")
     if args.out:
-        meta = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        write_json(args.out, {"machine": machine_info(), "rows": rows})
     return 0
 
 

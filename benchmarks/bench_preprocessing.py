@@ -1,7 +1,7 @@
 """Preprocessing timings: ms per slice of windowing, masks, selection and model inputs.
 
-Not a test: prints a table (and optionally writes JSON). Run on one core for numbers
-comparable with the 2 ms/slice target (HU + masks + selection on 512x512)::
+Not a test: prints a table (and optionally writes JSON). Pin it to one core for per-core
+figures (HU + masks + selection on 512x512 is the part that runs on every slice)::
 
     taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --slices 406 --out bench.json
     taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --series /path/to/dicom_folder
@@ -20,20 +20,19 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import median_ms  # noqa: E402
+from benchmarks.common import machine_info, median_ms, write_json  # noqa: E402
+from covidct.serving.steps import lung_select_step, preprocess_step  # noqa: E402
 from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
 from preprocessing.hu_window import window_normalize  # noqa: E402
 from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
 from preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # noqa: E402
-from covidct.serving.steps import lung_select_step, preprocess_step  # noqa: E402
 from preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
 from preprocessing.volume import CTVolume  # noqa: E402
+
 
 def _load(args: argparse.Namespace) -> tuple[CTVolume, str]:
     if args.series:
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "shape": list(hu.shape),
         "selected": k,
         "repeats": r,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine_info(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "stages": [
             {
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     _print(result)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, result)
     return 0
 
 

@@ -17,20 +17,19 @@ the header scan alone. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import machine_info, write_json
 from preprocessing.config import ReaderConfig
 from preprocessing.io.dicom_series import scan_dicom
-from preprocessing.synthetic.phantom import make_phantom
 from preprocessing.io.series_reader import read_series
 from preprocessing.io.series_writer import write_dicom_series
+from preprocessing.synthetic.phantom import make_phantom
 
 REAL_SERIES = ("P002", "cap002", "normal002")
 
@@ -94,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  **_time_read(Path(args.data_dir) / name, workers, args.repeats)})
     result = {
         "benchmark": "bench_reading",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
+        "machine": machine_info(),
         "repeats": args.repeats,
         "rows": rows,
     }
@@ -107,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['ms_per_slice']:9.2f} {r['cpu_ms_per_slice']:12.2f} "
               f"{r['header_scan_ms_per_slice']:13.3f}")
     if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, result)
     return result
 
 

@@ -16,18 +16,14 @@ asserted in tests; this is a measurement tool.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import tritonclient.grpc as grpcclient
 
+from benchmarks.common import machine_info, triton_endpoint, write_json
 from client.submit import submit
-from covidct.triton_server import ServerConfig, TritonServer
 from preprocessing.synthetic.phantom import make_phantom
 
 ENSEMBLE = "covid_ct_pipeline"
@@ -73,18 +69,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     repository = args.model_repository or repository_from_demo_models(output, args.quick)
-    config = ServerConfig(model_repository=repository, log_path=output / "tritonserver.log")
     rows = []
-    with TritonServer(config) as server:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+    with triton_endpoint(Path(repository), None, output) as (url, _server):
+        client = grpcclient.InferenceServerClient(url)
         for num_slices in args.slices:
             volume = make_phantom(num_slices, size=args.size, covid=True, seed=num_slices).volume
-            submit(volume, server.grpc_url, client=client)  # warm-up
+            submit(volume, url, client=client)  # warm-up
             before = {m: model_stats(client, m) for m in (ENSEMBLE, *STEPS)}
             latencies = []
             selected = 0
             for _ in range(args.repeats):
-                result = submit(volume, server.grpc_url, client=client)
+                result = submit(volume, url, client=client)
                 latencies.append(result.latency_s)
                 selected = len(result.selected_indices)
             after = {m: model_stats(client, m) for m in (ENSEMBLE, *STEPS)}
@@ -101,14 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
             print_row(row)
         client.close()
-    report = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
-        "repository": str(repository),
-        "repeats": args.repeats,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "rows": rows,
-    }
-    (output / "bench_serving.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report = {"machine": machine_info(), "repository": str(repository), "repeats": args.repeats, "rows": rows}
+    write_json(output / "bench_serving.json", report)
     return report
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
 
+from benchmarks.common import machine_info
 from training.losses import make_loss
 from training.registry import create_model
 from training.trainer import default_loss, make_optimizer
@@ -63,7 +63,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = [(args.model, args.size, args.batch, args.steps)] if args.model else DEFAULT_CASES
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__}))
+    print(json.dumps({"machine": machine_info(), "torch": torch.__version__}))
     for name, size, batch, steps in cases:
         print(json.dumps(bench(name, size, batch, steps, device=args.device)))
 

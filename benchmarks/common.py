@@ -1,5 +1,10 @@
 """Pieces shared by the benchmark suite: machine description, output files, the server
-(started here or reached by URL), phantom series, statistics and the latency fit.
+(started here or reached by URL), the command-line options every server benchmark takes,
+phantom series, statistics and the latency fit.
+
+Nothing here finds files relative to the source tree: git runs in the current working
+directory, the Triton installation is ``$COVIDCT_TRITON_DIR`` or ``.triton`` under the
+current working directory.
 
 Units: seconds for latencies unless a name says ``_ms``; bytes for memory; slices for
 the first axis of an ``[N, H, W]`` HU volume.
@@ -7,6 +12,7 @@ the first axis of an ``[N, H, W]`` HU volume.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -22,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from covidct.errors import ConfigError
+from covidct.errors import BenchmarkToolError, ConfigError
+from covidct.triton_server import TRITON_DIR_ENV
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
+UNKNOWN = "unknown"
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -43,6 +49,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
         cpu.append((time.process_time() - c0) * 1000.0)
     return statistics.median(wall), statistics.median(cpu)
 
+
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
     try:
@@ -54,26 +61,42 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit(root: Path = REPO_ROOT) -> str:
-    """``git rev-parse HEAD`` of the working tree (``"unknown"`` outside a git checkout)."""
+def _git(*args: str) -> str | None:
+    """stdout of ``git <args>`` in the current working directory; ``None`` when git is
+    missing, fails or the directory is not a checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def git_dirty(root: Path = REPO_ROOT) -> bool | None:
-    """Whether tracked or untracked files differ from ``HEAD`` (``None`` outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=20, check=True
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(out.stdout.strip())
+    return out.stdout
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout holding the current working directory
+    (``"unknown"`` when it is not a git checkout)."""
+    out = _git("rev-parse", "HEAD")
+    return (out or "").strip() or UNKNOWN
+
+
+def git_dirty() -> bool | str:
+    """Whether tracked or untracked files differ from ``HEAD`` (``"unknown"`` outside git)."""
+    out = _git("status", "--porcelain")
+    return UNKNOWN if out is None else bool(out.strip())
+
+
+def triton_dir() -> Path:
+    """The Triton installation: ``$COVIDCT_TRITON_DIR``, else ``.triton`` under the current
+    working directory (``make setup`` installs it there). :class:`BenchmarkToolError` when
+    that folder does not exist."""
+    env = os.environ.get(TRITON_DIR_ENV)
+    path = Path(env) if env else Path(".triton")
+    if not path.is_dir():
+        where = f"${TRITON_DIR_ENV}={env}" if env else f".triton under {Path.cwd()} (${TRITON_DIR_ENV} is not set)"
+        raise BenchmarkToolError(
+            f"{path}: no Triton installation folder; looked at {where}. Run `make setup` in the "
+            f"repository root and start the benchmark there, or set {TRITON_DIR_ENV}"
+        )
+    return path
 
 
 def machine_info() -> dict[str, Any]:
@@ -93,7 +116,7 @@ def machine_info() -> dict[str, Any]:
 def machine_line(m: dict[str, Any]) -> str:
     """One Markdown line: CPU, CPUs, load, date and commit of a :func:`machine_info` dict."""
     load = m.get("load_average_1_5_15")
-    dirty = " + uncommitted changes" if m.get("git_uncommitted_changes") else ""
+    dirty = " + uncommitted changes" if m.get("git_uncommitted_changes") is True else ""
     return (f"Machine: {m['cpu']} ({m['cpus']} CPUs"
             + (f", load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at start" if load else "")
             + f"), {m['date']}, commit `{m['git_commit']}`{dirty}")
@@ -184,6 +207,14 @@ def triton_endpoint(
         yield server.grpc_url, server
     finally:
         server.stop()
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, default_out: str, repository_help: str) -> None:
+    """The options of every benchmark that talks to a server: ``--model-repository``
+    (required), ``--url`` (a running server; default: start one), ``--out``."""
+    parser.add_argument("--model-repository", required=True, help=repository_help)
+    parser.add_argument("--url", default=None, help="gRPC host:port of a running server (default: start one)")
+    parser.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

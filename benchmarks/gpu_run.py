@@ -1,7 +1,6 @@
 """The GPU run: paper 002's ``resnet50v2_fpn`` at 512x512 in half precision behind Triton.
 
-Not run in this workplace's CPU sessions (see ``benchmarks/results/README.md``); written
-so that a session with a GPU runs it in one command:
+Needs a CUDA GPU visible to torch (it refuses to start otherwise); one command runs:
 
 1. checkpoints: the given ``--classifier-checkpoint`` / ``--segmenter-checkpoint``, or
    networks with seeded random weights (``resnet50v2_fpn``, 512 px, 1 channel, 2 logits;
@@ -19,8 +18,8 @@ so that a session with a GPU runs it in one command:
     python -m benchmarks.gpu_run --out benchmarks/results/h100            # on the GPU machine
     python -m benchmarks.gpu_run --out /tmp/gpu_prep --prepare-only      # any machine: steps 1-2
 
-The GPU machine (``shared/docs/platform.md``) has torch with CUDA and onnxruntime but no
-tritonclient: bring its wheel (Python 3.12) and the ``nvidia-pytriton`` wheel along.
+Requirements on the GPU machine: torch built with CUDA, onnxruntime, tritonclient and the
+``nvidia-pytriton`` server (``make setup``), like the CPU setup.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ import numpy as np
 
 from covidct.errors import ConfigError, ExportError
 from preprocessing.config import PipelineConfig
-from covidct.serving.steps import preprocess_step, vote_step
 from preprocessing.slice_selection import select_open_lung_slices
 from preprocessing.volume import CTVolume
 
@@ -86,8 +85,8 @@ class NaiveBaseline:
         self.device = device
         self.networks = {}
         if backend == "torch":
-            from training.heads import probability_model
             from training.checkpoint import load_checkpoint
+            from training.heads import probability_model
 
             for model in RUNNER_MODELS:
                 network, model_config, _ = load_checkpoint(_version_dir(self.repository, model), map_location=device)
@@ -114,6 +113,8 @@ class NaiveBaseline:
 
     def __call__(self, volume: CTVolume) -> NaiveResult:
         """Classify ``volume`` (int16 HU ``[N, H, W]``) one slice at a time."""
+        from covidct.serving.steps import preprocess_step, vote_step  # the serving stack, only when a series runs
+
         start = time.perf_counter()
         hu = volume.hu
         spacing = np.asarray(volume.spacing_mm, dtype=np.float32)

@@ -1,7 +1,7 @@
 """Paper 002's Table 5 per-patient times against our pipeline, with a naive baseline.
 
-For each slice count of the paper's Table 5 (35 ... 406 slices; Keras on a Tesla P100,
-2.30 ... 23.65 s per patient), a phantom series of that many 512x512 slices is sent
+For each slice count of the paper's Table 5 (:data:`PAPER_TABLE5_S`: 35 ... 406 slices,
+Keras on a Tesla P100), a phantom series of that many 512x512 slices is sent
 through the client (:func:`client.submit.submit`) ``--repeats`` times after
 ``--warmup`` requests; the median and p95 of the end-to-end latency, Triton's per-step
 breakdown (deltas of ``get_inference_statistics``, mean ms per request) and the
@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from benchmarks.bench_serving import ENSEMBLE, STEPS, breakdown, model_stats
 from benchmarks.common import (
-    machine_line,
+    add_server_arguments,
     fit_latency,
     machine_info,
+    machine_line,
     markdown_table,
     percentile,
     phantom_volume,
@@ -229,10 +230,7 @@ def parse_args(argv: list[str] | None = None) -> PaperComparisonConfig:
     """CLI -> config (CLI values override the dataclass defaults; ``--quick`` = 2 small series)."""
     d = PaperComparisonConfig(model_repository="")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-repository", required=True,
-                   help="the served repository (the naive baseline reads its ONNX files)")
-    p.add_argument("--url", default=None, help="gRPC host:port of a running server (default: start one)")
-    p.add_argument("--out", default=d.out)
+    add_server_arguments(p, d.out, "the served repository (the naive baseline reads its ONNX files)")
     p.add_argument("--slices", type=int, nargs="+", default=None, help=f"slice counts (default {list(d.slices)})")
     p.add_argument("--size", type=int, default=None, help=f"slice side in pixels (default {d.size})")
     p.add_argument("--repeats", type=int, default=None, help=f"measured requests per series (default {d.repeats})")
@@ -261,9 +259,7 @@ def parse_args(argv: list[str] | None = None) -> PaperComparisonConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    report = run(cfg)
-    print(to_markdown(report))
+    print(to_markdown(run(parse_args(argv))))
     return 0
 
 

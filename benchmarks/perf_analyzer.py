@@ -15,8 +15,9 @@ outputs use milliseconds.
     python -m benchmarks.perf_analyzer --model-repository demo_output/model_repository --out bench_out/pa
     python -m benchmarks.perf_analyzer --model-repository REPO --url localhost:8001 --models covid_ct_pipeline
 
-The binary is the one ``make setup`` installs (``.triton/perf_analyzer/bin``; override
-with ``$COVIDCT_PERF_ANALYZER``); its libraries come from ``perf_analyzer/lib`` and
+The binary is the one ``make setup`` installs (``perf_analyzer/bin`` in the Triton folder:
+``$COVIDCT_TRITON_DIR``, else ``.triton`` under the current directory; override with
+``$COVIDCT_PERF_ANALYZER``); its libraries come from ``perf_analyzer/lib`` and
 ``nvidia_pytriton.libs`` beside it. The command lines are in ``perf_analyzer_commands.txt``.
 """
 
@@ -37,12 +38,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.common import REPO_ROOT, machine_info, machine_line, markdown_table, phantom_volume, triton_endpoint
-from benchmarks.common import write_json, write_resolved_config
+from benchmarks.common import (
+    add_server_arguments,
+    machine_info,
+    machine_line,
+    markdown_table,
+    phantom_volume,
+    triton_dir,
+    triton_endpoint,
+    write_json,
+    write_resolved_config,
+)
 from benchmarks.naive_baseline import NaiveBaseline
 from benchmarks.plots import plot_concurrency
 from covidct.errors import BenchmarkToolError
-from covidct.serving.steps import lung_select_step, preprocess_step
 
 PERF_ANALYZER_ENV = "COVIDCT_PERF_ANALYZER"
 ALL_MODELS = ("covid_ct_pipeline", "lung_select", "preprocess", "classifier", "segmenter", "vote")
@@ -80,13 +89,10 @@ class PerfAnalyzerConfig:
 
 
 def perf_analyzer_binary() -> Path:
-    """The installed binary (``$COVIDCT_PERF_ANALYZER``, else ``<triton dir>/perf_analyzer/bin``)."""
+    """The installed binary (``$COVIDCT_PERF_ANALYZER``, else ``<triton dir>/perf_analyzer/bin``,
+    :func:`benchmarks.common.triton_dir`)."""
     env = os.environ.get(PERF_ANALYZER_ENV)
-    if env:
-        path = Path(env)
-    else:
-        triton_dir = Path(os.environ.get("COVIDCT_TRITON_DIR") or REPO_ROOT / ".triton")
-        path = triton_dir / "perf_analyzer" / "bin" / "perf_analyzer"
+    path = Path(env) if env else triton_dir() / "perf_analyzer" / "bin" / "perf_analyzer"
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise BenchmarkToolError(
             f"{path}: perf_analyzer binary not found; run `make setup` (installs the 2.50 binary) "
@@ -107,6 +113,8 @@ def perf_analyzer_env(binary: Path) -> dict[str, str]:
 
 def model_inputs(repository: Path, slices: int, size: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Realistic request tensors of every model for one phantom series (see module docstring)."""
+    from covidct.serving.steps import lung_select_step, preprocess_step  # the serving stack, only here
+
     naive = NaiveBaseline(repository)
     volume = phantom_volume(slices, size, seed)
     spacing = np.asarray(volume.spacing_mm, dtype=np.float32)
@@ -247,9 +255,7 @@ def run(cfg: PerfAnalyzerConfig, progress: bool = True) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> PerfAnalyzerConfig:
     d = PerfAnalyzerConfig(model_repository="")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-repository", required=True, help="served repository (its ONNX files make the step inputs)")
-    p.add_argument("--url", default=None, help="gRPC host:port of a running server (default: start one)")
-    p.add_argument("--out", default=d.out)
+    add_server_arguments(p, d.out, "served repository (its ONNX files make the step inputs)")
     p.add_argument("--models", nargs="+", default=list(d.models), choices=ALL_MODELS)
     p.add_argument("--slices", type=int, default=d.slices)
     p.add_argument("--size", type=int, default=d.size)
@@ -275,8 +281,7 @@ def parse_args(argv: list[str] | None = None) -> PerfAnalyzerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    report = run(parse_args(argv))
-    print(to_markdown(report))
+    print(to_markdown(run(parse_args(argv))))
     return 0
 
 

@@ -43,8 +43,18 @@ from typing import Any
 import tritonclient.grpc as grpcclient
 from tqdm import tqdm
 
-from benchmarks.common import fit_latency, machine_info, machine_line, markdown_table, percentile, phantom_volume
-from benchmarks.common import triton_endpoint, write_json, write_resolved_config
+from benchmarks.common import (
+    add_server_arguments,
+    fit_latency,
+    machine_info,
+    machine_line,
+    markdown_table,
+    percentile,
+    phantom_volume,
+    triton_endpoint,
+    write_json,
+    write_resolved_config,
+)
 from benchmarks.memory import MemorySampler
 from benchmarks.plots import plot_concurrency, plot_latency_fit
 from benchmarks.prom_metrics import BenchmarkMetrics
@@ -244,9 +254,7 @@ def run(cfg: ThroughputConfig, progress: bool = True) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> ThroughputConfig:
     d = ThroughputConfig(model_repository="")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-repository", required=True)
-    p.add_argument("--url", default=None, help="gRPC host:port of a running server (no instance sweep then)")
-    p.add_argument("--out", default=d.out)
+    add_server_arguments(p, d.out, "the repository to serve (copied once per --instances count)")
     p.add_argument("--slices", type=int, default=None, help=f"slices of the series (default {d.slices})")
     p.add_argument("--size", type=int, default=None, help=f"slice side in pixels (default {d.size})")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -279,8 +287,7 @@ def parse_args(argv: list[str] | None = None) -> ThroughputConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    report = run(parse_args(argv))
-    print(to_markdown(report))
+    print(to_markdown(run(parse_args(argv))))
     return 0
 
 

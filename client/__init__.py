@@ -4,6 +4,7 @@ Public API::
 
     from client import submit, submit_many, PipelineClient, TransportConfig
     result = submit("patients/P002", "localhost:8001")     # PipelineResult
+    result.verdict            # "positive" | "negative" | "not_assessable" (+ result.assessment.reasons)
     outcomes = submit_many(paths, "localhost:8001", concurrency=8)
 
 Only the HU volume and the voxel spacing leave the workstation. Command line:
@@ -11,17 +12,21 @@ Only the HU volume and the voxel spacing leave the workstation. Command line:
 """
 
 from client.batch import ExitCode, PatientOutcome, submit_many
-from client.result import PipelineResult, Timings
+from client.result import DEMO_WARNING, Assessment, PipelineResult, Reason, Timings, parse_arrays
 from client.submit import PipelineClient, submit
 from client.transport import TransportConfig
 
 __all__ = [
+    "DEMO_WARNING",
+    "Assessment",
     "ExitCode",
     "PatientOutcome",
     "PipelineClient",
     "PipelineResult",
+    "Reason",
     "Timings",
     "TransportConfig",
+    "parse_arrays",
     "submit",
     "submit_many",
 ]

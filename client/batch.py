@@ -9,7 +9,8 @@ many patients in flight; and the system-shared-memory helpers of tritonclient ar
 synchronous. At most ``concurrency`` volumes are in memory at once.
 
 Every input gets exactly one :class:`PatientOutcome`, in input order: a result or the
-error with its exit code; nothing is lost when some patients fail.
+error with its exit code; nothing is lost when some patients fail. A not-assessable
+series is a result (exit code 11), not an error: the rest of the batch is unaffected.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ExitCode(enum.IntEnum):
     INFERENCE_FAILED = 7  # the server rejected or failed the request
     PARTIAL = 8  # several patients, some failed (see the report)
     POSITIVE = 10  # at least one patient positive, none failed
+    NOT_ASSESSABLE = 11  # at least one series not assessable, none positive, none failed
 
 
 def exit_code_of(error: BaseException) -> ExitCode:
@@ -69,15 +71,31 @@ def exit_code_of(error: BaseException) -> ExitCode:
     return ExitCode.INTERNAL
 
 
+def exit_code_of_result(result: PipelineResult) -> ExitCode:
+    """The exit code of one answer: 10 positive, 11 not assessable, 0 negative."""
+    if result.positive:
+        return ExitCode.POSITIVE
+    if not result.assessable:
+        return ExitCode.NOT_ASSESSABLE
+    return ExitCode.NEGATIVE
+
+
 @dataclass(frozen=True)
 class PatientOutcome:
-    """One input's outcome: ``result`` or (``error_type``, ``error``, ``exit_code``)."""
+    """One input's outcome: ``result`` or (``error_type``, ``error``, ``exit_code``).
+
+    With a result, ``exit_code`` is that answer's code (:func:`exit_code_of_result`).
+    """
 
     input: str
     result: PipelineResult | None = None
     error_type: str | None = None
     error: str | None = None
     exit_code: int = 0
+
+    def __post_init__(self) -> None:
+        if self.result is not None:
+            object.__setattr__(self, "exit_code", int(exit_code_of_result(self.result)))
 
     @property
     def ok(self) -> bool:
@@ -89,11 +107,19 @@ class PatientOutcome:
 
 
 def batch_exit_code(outcomes: Sequence[PatientOutcome]) -> ExitCode:
-    """0 all negative, 10 any positive (no failure); one input or one shared failure
-    code: that code; mixed failures or failures next to results: 8."""
+    """The exit code of a whole batch.
+
+    Only answers (no failure): 10 when any patient is positive, else 11 when any series
+    is not assessable, else 0 (all negative). Failures: every input failed with one
+    shared code: that code; mixed failure codes, or failures next to answers: 8.
+    """
     failed = [o for o in outcomes if not o.ok]
     if not failed:
-        return ExitCode.POSITIVE if any(o.result.positive for o in outcomes) else ExitCode.NEGATIVE
+        if any(o.result.positive for o in outcomes):
+            return ExitCode.POSITIVE
+        if any(not o.result.assessable for o in outcomes):
+            return ExitCode.NOT_ASSESSABLE
+        return ExitCode.NEGATIVE
     codes = {o.exit_code for o in failed}
     if len(failed) == len(outcomes) and len(codes) == 1:
         return ExitCode(codes.pop())
@@ -147,7 +173,7 @@ def submit_many(
                 if after is not None:
                     after(label, volume, result)
                 return PatientOutcome(label, result=result)
-            except Exception as exc:  # every patient is reported, whatever failed
+            except Exception as exc:  # noqa: BLE001 - every patient is reported, whatever failed
                 return PatientOutcome.failed(label, exc)
 
         from tqdm import tqdm

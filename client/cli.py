@@ -9,10 +9,12 @@ Usage::
              --concurrency 8  --timeout 300  --shared-memory auto|on|off
              --root-cert ca.pem [--client-cert c.pem --client-key k.pem]  --header KEY=VALUE
 
-Exit codes (:class:`client.batch.ExitCode`): 0 all negative, 10 any positive, 2 bad
+Exit codes (:class:`client.batch.ExitCode`, :data:`EXIT_CODES_HELP`): 0 all negative,
+10 any positive, 11 any series not assessable and none positive (no failure), 2 bad
 input or arguments, 3 server unavailable / wrong port / not ready, 4 deadline exceeded,
 5 TLS, 6 model missing or not ready, 7 request rejected or failed on the server,
-8 several patients and some failed (the report lists each), 1 unexpected error.
+8 several patients and some failed (the report lists each), 1 unexpected error. A
+not-assessable series is an answer, not a failure: the rest of a batch is unaffected.
 """
 
 from __future__ import annotations
@@ -32,15 +34,22 @@ from client.submit import DEFAULT_MODEL
 from client.transport import SHARED_MEMORY_MODES, TransportConfig
 
 PATIENT_FILE_SUFFIXES = (".zip", *NIFTI_SUFFIXES)
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every patient negative; 10 at least one positive; 11 at least one series not "
+    "assessable (no plausible adult chest CT; reasons in the report) and none positive; 2 bad input or "
+    "arguments; 3 server unavailable; 4 deadline exceeded; 5 TLS; 6 model missing/not ready; 7 request "
+    "failed on the server; 8 several patients and some failed; 1 bug. Codes 0/10/11 need every patient "
+    "answered; a not-assessable series is an answer, not a failure. Answers of a demo model are marked * "
+    "with its warning."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidct-client",
         description="Send CT series (HU volume and spacing only) to the covid_ct_pipeline "
-        "ensemble on a Triton server and print verdicts.",
-        epilog="Exit codes: 0 negative, 10 positive, 2 bad input, 3 server unavailable, 4 deadline, "
-        "5 TLS, 6 model missing/not ready, 7 request failed on the server, 8 some patients failed, 1 bug.",
+        "ensemble on a Triton server and print the answers: positive, negative or not assessable.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("series", nargs="*", type=Path, help="DICOM folder/zip, .nii/.nii.gz or TIFF folder")
     parser.add_argument("--patients", type=Path, help="folder whose subfolders/.zip/.nii(.gz) are one patient each")
@@ -58,8 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="extra gRPC header")
     parser.add_argument("--json", action="store_true", help="print the JSON report (client/result_schema.json)")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
-    parser.add_argument("--overlay", type=Path, metavar="DIR", help="write PNGs of the selected slices here")
-    parser.add_argument("--overlay-max-slices", type=int, default=0, help="0 = every selected slice")
+    parser.add_argument(
+        "--overlay", type=Path, metavar="DIR",
+        help="write PNGs of the selected slices with the server's lung and infection masks here",
+    )
+    parser.add_argument(
+        "--overlay-max-slices", type=int, default=0,
+        help="0 = every selected slice (lung-bearing slices when none was selected)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

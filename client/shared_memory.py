@@ -31,7 +31,7 @@ REGION_PREFIX = "covidct_client"
 ALIGN = 64  # bytes; each tensor starts on a cache-line boundary
 
 
-class SharedMemoryUnavailable(ClientError):
+class SharedMemoryUnavailableError(ClientError):
     """The region could not be created or the server refused to register it."""
 
 
@@ -60,7 +60,7 @@ def shared_memory_inputs(
     """Yield InferInputs for ``arrays`` (name -> C-contiguous array) backed by shared memory.
 
     ``timeout_s``: deadline of the register/unregister calls (s).
-    Raises SharedMemoryUnavailable (before anything was sent for inference) when the
+    Raises SharedMemoryUnavailableError (before anything was sent for inference) when the
     region cannot be created or registered, so the caller can fall back to plain gRPC.
     """
     name = region_name()
@@ -68,7 +68,7 @@ def shared_memory_inputs(
     try:
         handle = shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)
     except Exception as exc:  # SharedMemoryException, OSError
-        raise SharedMemoryUnavailable(
+        raise SharedMemoryUnavailableError(
             f"cannot create shared-memory region /dev/shm/{name} ({size} bytes): {exc}"
         ) from exc
     registered = False
@@ -80,7 +80,7 @@ def shared_memory_inputs(
         except InferenceServerException as exc:
             if str(exc.status()).endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
                 raise  # a transport failure, not a refusal: the caller retries or reports it
-            raise SharedMemoryUnavailable(
+            raise SharedMemoryUnavailableError(
                 f"the server refused shared-memory region {name} ({size} bytes): {exc.message()}"
             ) from exc
         registered = True

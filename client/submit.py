@@ -27,15 +27,16 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from covidct.errors import ClientError, ModelNotReadyError, ServerUnavailableError
+from covidct.serving import tensors
 from preprocessing.config import ReaderConfig
 from preprocessing.io.series_reader import read_series
 from preprocessing.volume import CTVolume
 
-from client.result import OUTPUT_NAMES, PipelineResult, Timings, parse_result, server_seconds
-from client.shared_memory import SharedMemoryUnavailable, shared_memory_inputs
+from client.result import PipelineResult, Timings, parse_result, server_seconds
+from client.shared_memory import SharedMemoryUnavailableError, shared_memory_inputs
 from client.transport import TransportConfig, classify_failure, connect, is_local_url, never_connected
 
-DEFAULT_MODEL = "covid_ct_pipeline"
+DEFAULT_MODEL = tensors.ENSEMBLE
 Source = str | os.PathLike | np.ndarray | CTVolume
 
 __all__ = ["DEFAULT_MODEL", "PipelineClient", "PipelineResult", "build_inputs", "read_volume", "submit"]
@@ -58,8 +59,8 @@ def read_volume(
 def request_arrays(volume: CTVolume) -> dict[str, np.ndarray]:
     """The two request tensors of one series, by name: nothing but HU and spacing."""
     return {
-        "HU_VOLUME": np.ascontiguousarray(volume.hu, dtype=np.int16),
-        "SPACING_MM": np.asarray(volume.spacing_mm, dtype=np.float32),
+        tensors.HU_VOLUME: np.ascontiguousarray(volume.hu, dtype=np.int16),
+        tensors.SPACING_MM: np.asarray(volume.spacing_mm, dtype=np.float32),
     }
 
 
@@ -189,7 +190,7 @@ class PipelineClient:
         self.wait_ready()
         t = self.transport
         what = f"series {volume.series_key} ({volume.num_slices} slices)"
-        outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        outputs = [grpcclient.InferRequestedOutput(name) for name in tensors.ENSEMBLE_OUTPUTS]
         for attempt in range(t.retries + 1):
             try:
                 response, transport, prepare_s, round_trip_s = self._attempt(volume, outputs)
@@ -236,7 +237,7 @@ class PipelineClient:
                         self.model, inputs, outputs=outputs, client_timeout=t.timeout_s, headers=t.header_dict
                     )
                     return response, "shared_memory", prepare_s, time.perf_counter() - call
-            except SharedMemoryUnavailable as exc:
+            except SharedMemoryUnavailableError as exc:
                 if t.shared_memory == "on":
                     raise ClientError(f"shared memory was required but is unavailable: {exc}") from exc
                 self._use_shm = False  # same host but no shared /dev/shm (e.g. a container)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from covidct.errors import CovidCTError
-from covidct.triton_server import MIB, ServerConfig, TritonServer
+from covidct.errors import ConfigError, CovidCTError
+from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, MIB, GrpcTls, ServerConfig, TritonServer
+
+ADMIN_KEY_ENV = "COVIDCT_ADMIN_KEY"
 
 log = logging.getLogger("covidct")
 
@@ -37,6 +41,23 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-file", type=Path, default=None, help="server log file (default: a temp file)")
     serve.add_argument("--log-verbose", type=int, default=0, help="Triton --log-verbose level")
     serve.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    serve.add_argument(
+        "--address", default="127.0.0.1",
+        help="interface gRPC, HTTP and metrics listen on (default 127.0.0.1: this host only; 0.0.0.0 opens it)",
+    )
+    serve.add_argument(
+        "--admin-key-file", type=Path, default=None,
+        help=f"file holding the key that opens the admin protocols (HTTP header {ADMIN_HEADER}, gRPC "
+        f"{GRPC_ADMIN_HEADER}); default "
+        f"${ADMIN_KEY_ENV}, else a random key nobody knows: model repository, config, statistics, "
+        "trace and logging stay closed while inference, health and shared memory stay open",
+    )
+    serve.add_argument("--grpc-tls-cert", type=Path, default=None, help="PEM server certificate: gRPC over TLS")
+    serve.add_argument("--grpc-tls-key", type=Path, default=None, help="PEM private key of --grpc-tls-cert")
+    serve.add_argument(
+        "--grpc-tls-client-ca", type=Path, default=None,
+        help="PEM CA of client certificates: mutual TLS (clients must present a certificate it signed)",
+    )
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -73,8 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def admin_key(key_file: Path | None) -> str:
+    """The admin key: from ``key_file``, else ``$COVIDCT_ADMIN_KEY``, else a random one."""
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key_file}: cannot read the admin key ({exc.strerror})") from exc
+        if not key:
+            raise ConfigError(f"{key_file}: the admin key file is empty")
+        return key
+    return os.environ.get(ADMIN_KEY_ENV, "").strip() or secrets.token_hex(24)
+
+
+def grpc_tls(args: argparse.Namespace) -> GrpcTls | None:
+    """TLS settings from ``--grpc-tls-*`` (certificate and key go together)."""
+    if args.grpc_tls_cert is None and args.grpc_tls_key is None:
+        if args.grpc_tls_client_ca is not None:
+            raise ConfigError("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key")
+        return None
+    if args.grpc_tls_cert is None or args.grpc_tls_key is None:
+        raise ConfigError("--grpc-tls-cert and --grpc-tls-key go together; got only one")
+    ca = args.grpc_tls_client_ca
+    return GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, root_cert=ca, mutual=ca is not None)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
+        address=args.address,
+        admin_key=admin_key(args.admin_key_file),
+        grpc_tls=grpc_tls(args),
         model_repository=args.model_repository,
         http_port=args.http_port or None,
         grpc_port=args.grpc_port or None,

@@ -19,11 +19,15 @@ Layout::
     |   |   +-- DuplicatePositionError     two slices at one position
     |   |   +-- SliceGapError              missing slices (position gaps)
     |   |   +-- RescaleMissingError        (0028,1052)/(0028,1053) absent
+    |   |   +-- RescaleValueError          slope zero/not finite, intercept not finite
     |   |   +-- TooFewSlicesError          one slice only
     |   |   +-- TooManySlicesError         above the configured maximum
     |   |   +-- UnsafeArchivePathError     zip entry pointing outside its root
     |   |   +-- UnsupportedFormatError     not DICOM/zip/NIfTI/TIFF/array
     |   |   +-- MixedSeriesError           no rule picks one series
+    |   |   +-- MixedPatientsError         files of several patients or studies
+    |   |   +-- ResourceLimitError         a size limit of ReaderConfig exceeded
+    |   |   +-- ImplausibleSpacingError    pixel/slice spacing outside its range
     |   +-- VolumeError                    an in-memory volume has the wrong dtype/shape
     |   +-- TensorInputError               a server request tensor is malformed
     +-- ConfigError (ValueError)           a config or checkpoint does not fit
@@ -98,6 +102,10 @@ class RescaleMissingError(SeriesReadError):
     """Rescale Intercept (0028,1052) or Rescale Slope (0028,1053) is missing."""
 
 
+class RescaleValueError(SeriesReadError):
+    """Rescale Slope (0028,1053) is zero or not finite, or Rescale Intercept (0028,1052) is not finite."""
+
+
 class TooFewSlicesError(SeriesReadError):
     """A series has fewer slices than a volume needs."""
 
@@ -116,6 +124,18 @@ class UnsupportedFormatError(SeriesReadError):
 
 class MixedSeriesError(SeriesReadError):
     """Several series are present and the selection rule cannot pick one."""
+
+
+class MixedPatientsError(SeriesReadError):
+    """The files of one input belong to several patients (0010,0020) or studies (0020,000D)."""
+
+
+class ResourceLimitError(SeriesReadError):
+    """An input exceeds a size limit (file, entry count, compression ratio, memory budget)."""
+
+
+class ImplausibleSpacingError(SeriesReadError):
+    """Pixel or slice spacing (mm) is missing, not finite, or outside its accepted range."""
 
 
 class VolumeError(InputError):

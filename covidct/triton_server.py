@@ -12,7 +12,7 @@ Typical use::
     with TritonServer(ServerConfig(model_repository="demo_output/model_repository")) as server:
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
-Ports are TCP ports on ``localhost``; sizes are bytes; times are seconds.
+Ports are TCP ports on ``ServerConfig.address`` (127.0.0.1 by default); sizes are bytes; times are seconds.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidct.errors import ServerError
+from covidct.serving.backend import BACKEND_NAME, backend_model_file
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRITON_DIR_ENV = "COVIDCT_TRITON_DIR"
 STUB_NAME = "triton_python_backend_stub"
 LOG_TAIL_LINES = 40
@@ -64,6 +64,40 @@ class TritonInstall:
         return self.backend_dir / "python"
 
 
+ADMIN_PROTOCOLS = ("model-repository", "model-config", "statistics", "trace", "logging")
+"""Triton protocol groups restricted behind :data:`ADMIN_HEADER` when an admin key is set."""
+ADMIN_HEADER = "covidct-admin-key"
+"""HTTP header that opens the admin protocols (``--http-restricted-api``)."""
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+"""gRPC metadata key that opens them: Triton 2.51 prefixes ``--grpc-restricted-protocol``
+keys with ``triton-grpc-protocol-`` (its error message names the expected header)."""
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS files of the gRPC endpoint (PEM). ``root_cert`` + ``mutual``: clients must
+    present a certificate signed by it."""
+
+    server_cert: Path | str
+    server_key: Path | str
+    root_cert: Path | str | None = None
+    mutual: bool = False
+
+    def arguments(self) -> list[str]:
+        files = {"server-cert": self.server_cert, "server-key": self.server_key}
+        if self.root_cert is not None:
+            files["root-cert"] = self.root_cert
+        for label, path in files.items():
+            if not Path(path).is_file():
+                raise ServerError(f"gRPC TLS {label} {path}: file not found")
+        if self.mutual and self.root_cert is None:
+            raise ServerError("gRPC mutual TLS needs root_cert (the CA that signs client certificates)")
+        args = ["--grpc-use-ssl=true", *(f"--grpc-{label}={Path(path).resolve()}" for label, path in files.items())]
+        if self.mutual:
+            args.append("--grpc-use-ssl-mutual=true")
+        return args
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """How to start one server.
@@ -79,6 +113,14 @@ class ServerConfig:
     triton_dir: the installation; ``None`` uses ``$COVIDCT_TRITON_DIR`` or ``<repo>/.triton``.
     log_verbose: Triton's ``--log-verbose`` level.
     extra_args: appended to the command line unchanged.
+    address: the interface gRPC, HTTP and metrics listen on; ``127.0.0.1`` (this host
+        only) unless the operator opens it (e.g. ``0.0.0.0`` inside a container).
+    admin_key: when set, the admin protocol groups (:data:`ADMIN_PROTOCOLS`: model
+        repository, model config, statistics, trace, logging) answer only requests whose
+        header :data:`ADMIN_HEADER` (HTTP) / :data:`GRPC_ADMIN_HEADER` (gRPC) carries this value (Triton's
+        ``--grpc-restricted-protocol`` / ``--http-restricted-api``); inference, health,
+        metadata and the shared-memory calls stay open. ``None`` leaves them open.
+    grpc_tls: serve gRPC over TLS (server or mutual), see :class:`GrpcTls`.
     stop_with_parent: Linux: the server gets SIGTERM when the thread that started it dies
         (no orphaned servers after a crashed test run). Start it from a long-lived thread.
     """
@@ -96,6 +138,9 @@ class ServerConfig:
     triton_dir: Path | str | None = None
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
+    address: str = "127.0.0.1"
+    admin_key: str | None = None
+    grpc_tls: GrpcTls | None = None
     stop_with_parent: bool = True
 
 
@@ -106,7 +151,7 @@ def locate_triton(triton_dir: Path | str | None = None) -> TritonInstall:
     Raises ServerError naming the missing path and telling to run ``make setup``.
     """
     if triton_dir is None:
-        triton_dir = os.environ.get(TRITON_DIR_ENV) or REPO_ROOT / ".triton"
+        triton_dir = os.environ.get(TRITON_DIR_ENV) or Path.cwd() / ".triton"
     root = Path(triton_dir).resolve()
     server_root = root / "pytriton" / "tritonserver"
     install = TritonInstall(
@@ -161,10 +206,38 @@ def prepare_stub(install: TritonInstall, python_version: tuple[int, int] | None 
     return target
 
 
+def package_root() -> Path:
+    """The folder the bundle's packages are imported from (site-packages, or the checkout
+    of an editable install, whose import hook the stub does not run)."""
+    import covidct
+
+    return Path(covidct.__file__).resolve().parents[1]
+
+
+def prepare_backend(install: TritonInstall) -> Path:
+    """Install the bundle's Python-based backend: ``<backend-directory>/covidct/model.py``
+    (:mod:`covidct.serving.backend`). Copies only when the file differs, atomically."""
+    source = backend_model_file()
+    target_dir = install.backend_dir / BACKEND_NAME
+    target = target_dir / source.name
+    if target.is_file() and filecmp.cmp(source, target, shallow=False):
+        return target
+    try:
+        target_dir.mkdir(exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".model.", suffix=".py", dir=target_dir)
+        os.close(fd)
+        shutil.copyfile(source, tmp_name)
+        os.replace(tmp_name, target)
+    except OSError as exc:
+        raise ServerError(f"cannot install the {BACKEND_NAME!r} backend {source} -> {target}: {exc}") from exc
+    return target
+
+
 def stub_pythonpath(install: TritonInstall) -> list[str]:
-    """The stub's import path, in order: numpy 1.26 site, this venv's site-packages, repo root."""
+    """The stub's import path, in order: numpy 1.26 site, this venv's site-packages, the
+    bundle's import root (:func:`package_root`)."""
     site_packages = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    entries = [str(install.stub_site), *site_packages, str(REPO_ROOT)]
+    entries = [str(install.stub_site), *site_packages, str(package_root())]
     return list(dict.fromkeys(entries))
 
 
@@ -172,7 +245,7 @@ def build_environment(install: TritonInstall, base_env: dict[str, str] | None = 
     """Environment for the server and its stubs (libpython + bundled libs, PYTHONHOME, PYTHONPATH).
 
     The stub embeds the interpreter whose ``libpython`` it finds on ``LD_LIBRARY_PATH``;
-    its ``sys.path`` ignores ``PYTHONPATH``, so every ``model.py`` prepends these entries.
+    its ``sys.path`` ignores ``PYTHONPATH``, so the backend's ``model.py`` prepends these entries.
     """
     env = dict(os.environ if base_env is None else base_env)
     libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
@@ -252,6 +325,17 @@ def server_command(
         f"--backend-config=python,shm-growth-byte-size={config.shm_growth_byte_size}",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
     ]
+    command += [f"--{endpoint}-address={config.address}" for endpoint in ("grpc", "http", "metrics")]
+    if config.admin_key is not None:
+        if not config.admin_key or any(c in config.admin_key for c in ",:= \t\n"):
+            raise ServerError("admin_key must be non-empty and hold no ',', ':', '=' or whitespace")
+        groups = ",".join(ADMIN_PROTOCOLS)
+        command += [
+            f"--grpc-restricted-protocol={groups}:{ADMIN_HEADER}={config.admin_key}",
+            f"--http-restricted-api={groups}:{ADMIN_HEADER}={config.admin_key}",
+        ]
+    if config.grpc_tls is not None:
+        command += config.grpc_tls.arguments()
     if not config.gpu:
         command.append("--pinned-memory-pool-byte-size=0")
     command.extend(config.extra_args)
@@ -278,16 +362,22 @@ class TritonServer:
         return self._ports
 
     @property
+    def host(self) -> str:
+        """Where this host reaches the server: its listen address, or loopback for a wildcard."""
+        address = self.config.address
+        return "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
+
+    @property
     def http_url(self) -> str:
-        return f"localhost:{self.ports[0]}"
+        return f"{self.host}:{self.ports[0]}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.ports[1]}"
+        return f"{self.host}:{self.ports[1]}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.ports[2]}/metrics"
+        return f"http://{self.host}:{self.ports[2]}/metrics"
 
     @property
     def log_path(self) -> Path:
@@ -318,6 +408,7 @@ class TritonServer:
             raise ServerError(f"model repository {repository} is not a directory")
         install = locate_triton(self.config.triton_dir)
         prepare_stub(install)
+        prepare_backend(install)
         auto_ports = None in (self.config.http_port, self.config.grpc_port, self.config.metrics_port)
         attempt = 1
         while True:

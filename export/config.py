@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from covidct.errors import ExportError
+from covidct.serving import source_repository
 
-DEFAULT_SOURCE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-"""The source layout of the Triton models (config.pbtxt + model.py, no weights)."""
+DEFAULT_SOURCE_REPOSITORY = source_repository()
+"""The source layout of the Triton models (a ``config.pbtxt`` per model, no weights)."""
 
 PROFILES = ("portable", "container")
 """``portable``: pip-installed Triton (Python backend only; ONNX Runtime on CPU or torch
@@ -25,7 +26,7 @@ EXPORTERS = ("dynamo", "torchscript")
 RUNNER_MODELS = {"classifier": "classification", "segmenter": "segmentation"}
 """Triton model name -> the :class:`training.registry.ModelConfig` task it serves."""
 
-PIPELINE_CONFIG_MODELS = ("lung_select", "preprocess", "vote", "classifier", "segmenter")
+PIPELINE_CONFIG_MODELS = ("preprocess", "vote", "classifier", "segmenter")
 """Models whose version folder gets a copy of ``pipeline_config.json``."""
 
 ONNX_FILENAME = "model.onnx"

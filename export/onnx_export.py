@@ -21,7 +21,9 @@ fresh random inputs (:mod:`export.parity`).
 
 The preprocessing config travels with the model twice: as ``pipeline_config.json``
 beside the ``.onnx`` and as ONNX ``metadata_props`` (keys ``pipeline_config``,
-``model_config``, ``weights_sha256``).
+``model_config``, ``weights_sha256``). So does the checkpoint's model card
+(``model_card.json`` and key ``model_card``): a checkpoint without a card, or whose card
+describes other weights, is not exported (:func:`checked_model_card`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,25 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checked_model_card(directory: Path, model_config, weights_sha256: str):
+    """The checkpoint's :class:`training.model_card.ModelCard`, checked against its
+    network and ``weights.pt``; CheckpointError when missing, malformed or stale."""
+    from training.model_card import FILENAME, load_model_card
+
+    card = load_model_card(directory)
+    if (card.network, card.task) != (model_config.name, model_config.task):
+        raise CheckpointError(
+            f"{directory / FILENAME}: the card describes {card.network!r} ({card.task}) but "
+            f"model_config.json is {model_config.name!r} ({model_config.task})"
+        )
+    if card.weights_sha256 != weights_sha256:
+        raise CheckpointError(
+            f"{directory / FILENAME}: the card describes weights sha256 {card.weights_sha256[:12] or '(none)'}... "
+            f"but {WEIGHTS_FILENAME} is {weights_sha256[:12]}...; retrain, or rewrite the card for these weights"
+        )
+    return card
 
 
 def runner_model_name(task: str) -> str:
@@ -159,10 +180,12 @@ def export_network(
     io: tuple[TensorSpec, TensorSpec],
     config: OnnxExportConfig = OnnxExportConfig(),
     weights_sha256: str = "",
+    model_card=None,
 ) -> OnnxExportResult:
     """Export ``network`` (torch, logits) with its probability head to ``out_path``.
 
-    ``io`` are the runner model's tensor specs (:func:`runner_io`). Writes atomically
+    ``io`` are the runner model's tensor specs (:func:`runner_io`); ``model_card`` (a
+    :class:`training.model_card.ModelCard`) is stored as metadata ``model_card`` (JSON). Writes atomically
     (``<out>.tmp`` then rename), then checks the file and its ONNX Runtime parity; on
     any failure nothing is left at ``out_path``. Returns an :class:`OnnxExportResult`.
     """
@@ -188,6 +211,7 @@ def export_network(
             ("model_config", model_config.to_json()),
             ("weights_sha256", weights_sha256),
             ("producer", PRODUCER),
+            *((("model_card", model_card.to_json()),) if model_card is not None else ()),
         ):
             proto.metadata_props.add(key=key, value=value)
         onnx.save(proto, str(tmp))
@@ -229,16 +253,21 @@ def export_checkpoint(
     source: str | Path = DEFAULT_SOURCE_REPOSITORY,
 ) -> OnnxExportResult:
     """Export a checkpoint folder (``weights.pt``, ``model_config.json``,
-    ``pipeline_config.json``) to ``out_path`` and write ``pipeline_config.json`` beside
-    it. Tensor names come from ``source``'s runner model config.
+    ``pipeline_config.json``, ``model_card.json``) to ``out_path`` and write
+    ``pipeline_config.json`` and ``model_card.json`` beside it. Tensor names come from
+    ``source``'s runner model config.
 
-    Raises :class:`CheckpointError` for a missing/corrupt/mismatched checkpoint,
-    :class:`ExportError` when export or checks fail, :class:`ParityError` beyond tolerance.
+    Raises :class:`CheckpointError` for a missing/corrupt/mismatched checkpoint or model
+    card, :class:`ExportError` when export or checks fail, :class:`ParityError` beyond
+    tolerance.
     """
     from training.checkpoint import load_checkpoint
+    from training.model_card import FILENAME as CARD_FILENAME
 
     checkpoint_dir = Path(checkpoint_dir)
     network, model_config, pipeline_config = load_checkpoint(checkpoint_dir)
+    sha = file_sha256(checkpoint_dir / WEIGHTS_FILENAME)
+    card = checked_model_card(checkpoint_dir, model_config, sha)
     result = export_network(
         network,
         model_config,
@@ -246,9 +275,11 @@ def export_checkpoint(
         out_path,
         io=runner_io(model_config.task, source),
         config=config,
-        weights_sha256=file_sha256(checkpoint_dir / WEIGHTS_FILENAME),
+        weights_sha256=sha,
+        model_card=card,
     )
     pipeline_config.save(Path(out_path).parent / PIPELINE_CONFIG_FILENAME)
+    card.save(Path(out_path).parent / CARD_FILENAME)
     return result
 
 

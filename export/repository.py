@@ -21,12 +21,19 @@ files, no weights). :func:`generate_repository`:
    it, lists the files each needs in a ``required_files`` parameter, and sets the vote
    model's ``model_versions`` parameter (``classifier=cnn6:1:sha256:<12 hex of
    weights.pt>,segmenter=...``);
+   model cards (:mod:`training.model_card`): each checkpoint must hold
+   ``model_card.json`` describing its ``weights.pt`` (else :class:`CheckpointError`);
+   the card is copied beside each runner's weights and into its ONNX metadata, and the
+   vote model's version folder gets ``model_cards.json``
+   (``{"classifier": <card>, "segmenter": <card>}``), which the vote step returns with
+   every answer;
 6. validates the result (:mod:`export.validate`) and renames it into place. On any
    error the temporary folder is removed: no half-written repository is left.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -52,6 +59,8 @@ from export.validate import REQUIRED_FILES_PARAMETER, check_repository
 from preprocessing.config import PIPELINE_CONFIG_FILENAME
 
 MODEL_CONFIG_FILENAME = "model_config.json"
+MODEL_CARDS_FILENAME = "model_cards.json"
+"""The vote model's file of both runners' model cards: ``{"classifier": {...}, "segmenter": {...}}``."""
 VOTE_MODEL = "vote"
 STEPS = ("checkpoints", "source", "classifier", "segmenter", "configs", "validate", "install")
 """Progress steps reported to the ``progress`` callback, in order."""
@@ -87,9 +96,12 @@ class _Checkpoint:
     network: object
     model_config: object
     pipeline_config: object
+    card: object
+    weights_sha256: str
 
 
 def _load(directory: str | Path, role: str) -> _Checkpoint:
+    from export.onnx_export import checked_model_card, file_sha256
     from training.checkpoint import load_checkpoint
 
     directory = Path(directory)
@@ -100,7 +112,9 @@ def _load(directory: str | Path, role: str) -> _Checkpoint:
             f"{directory}: network {model_config.name!r} is a {model_config.task} network; "
             f"the {role} needs a {task} checkpoint"
         )
-    return _Checkpoint(directory, network, model_config, pipeline_config)
+    sha = file_sha256(directory / WEIGHTS_FILENAME)
+    card = checked_model_card(directory, model_config, sha)
+    return _Checkpoint(directory, network, model_config, pipeline_config, card, sha)
 
 
 def check_pipeline_compatible(classifier: _Checkpoint, segmenter: _Checkpoint) -> None:
@@ -144,13 +158,14 @@ def _install_runner(
 ) -> tuple[ModelRow, str]:
     """Export one network into ``repo/model`` and configure it; returns its summary row
     and its ``model_versions`` entry."""
-    from export.onnx_export import export_network, file_sha256
+    from export.onnx_export import export_network
+    from training.model_card import FILENAME as CARD_FILENAME
 
     model_dir = repo / model
     version = _version_dir(model_dir)
     config = read_config(model_dir)
     header = _header(model_dir, profile)
-    sha = file_sha256(ckpt.directory / WEIGHTS_FILENAME)
+    sha = ckpt.weights_sha256
     result = export_network(
         ckpt.network,
         ckpt.model_config,
@@ -159,7 +174,9 @@ def _install_runner(
         io=single_io(config),
         config=options.onnx,
         weights_sha256=sha,
+        model_card=ckpt.card,
     )
+    ckpt.card.save(version / CARD_FILENAME)
     for spec in (result.input, result.output):
         set_dims(config, spec.name, spec.dims)
     ckpt_name = ckpt.model_config.name
@@ -168,7 +185,8 @@ def _install_runner(
         shutil.copy2(ckpt.directory / WEIGHTS_FILENAME, version / WEIGHTS_FILENAME)
         shutil.copy2(ckpt.directory / MODEL_CONFIG_FILENAME, version / MODEL_CONFIG_FILENAME)
         set_instance_kind(config, "KIND_GPU" if options.gpu else "KIND_CPU")
-        _add_required(config, [ONNX_FILENAME, WEIGHTS_FILENAME, MODEL_CONFIG_FILENAME, PIPELINE_CONFIG_FILENAME])
+        _add_required(config, [ONNX_FILENAME, WEIGHTS_FILENAME, MODEL_CONFIG_FILENAME, PIPELINE_CONFIG_FILENAME,
+                               CARD_FILENAME])
         write_config(config, model_dir, header)
         precision = "FP16 (torch)" if options.gpu else "FP32"
         row = ModelRow(model, ckpt_name, "onnx in python", precision, result.size_bytes, result.parity.max_abs_error)
@@ -198,7 +216,13 @@ def _plan_parity(plan: Path, onnx_path: Path, output_name: str) -> tuple[float |
     return report.max_abs_error, ""
 
 
-def _configure_python_models(repo: Path, pipeline_config, model_versions: list[str], profile: str) -> None:
+def model_cards_document(ckpts: dict[str, _Checkpoint]) -> dict[str, dict]:
+    """``{"classifier": <card dict>, "segmenter": <card dict>}`` (``model_cards.json``)."""
+    return {role: ckpts[role].card.to_dict() for role in RUNNER_MODELS}
+
+
+def _configure_python_models(repo: Path, pipeline_config, model_versions: list[str], profile: str,
+                             cards: dict[str, dict]) -> None:
     for model in PIPELINE_CONFIG_MODELS:
         model_dir = repo / model
         if not (model_dir / CONFIG_FILENAME).is_file():
@@ -208,9 +232,13 @@ def _configure_python_models(repo: Path, pipeline_config, model_versions: list[s
         if model in RUNNER_MODELS:
             continue  # configured by _install_runner
         config = read_config(model_dir)
-        _add_required(config, [PIPELINE_CONFIG_FILENAME])
+        required = [PIPELINE_CONFIG_FILENAME]
         if model == VOTE_MODEL:
             set_parameter(config, "model_versions", ",".join(model_versions))
+            text = json.dumps(cards, indent=2, sort_keys=True) + "\n"
+            (version / MODEL_CARDS_FILENAME).write_text(text, encoding="utf-8")
+            required.append(MODEL_CARDS_FILENAME)
+        _add_required(config, required)
         write_config(config, model_dir, _header(model_dir, profile))
 
 
@@ -279,7 +307,8 @@ def generate_repository(
             rows.append(row)
             versions.append(entry)
             report_step(model)
-        _configure_python_models(tmp, ckpts["classifier"].pipeline_config, versions, profile)
+        _configure_python_models(tmp, ckpts["classifier"].pipeline_config, versions, profile,
+                                 model_cards_document(ckpts))
         report_step("configs")
         check_repository(tmp)
         report_step("validate")

@@ -8,8 +8,8 @@ Two equivalent ways, both against NVIDIA's real tools:
   -> ``build_serialized_network``);
 - :func:`trtexec_argv`: the same build as a ``trtexec`` command line.
 
-TensorRT is not installable in this workplace (its PyPI packages download from
-NVIDIA's own index; see shared/docs/platform.md). :func:`require_tensorrt` raises
+TensorRT's PyPI packages are source stubs that download from NVIDIA's own index at
+install time, so TensorRT is often absent outside NVIDIA's containers. :func:`require_tensorrt` raises
 :class:`TensorRTUnavailableError` then; everything up to the build (profile shapes,
 argv, configuration) is plain Python and tested here.
 

@@ -5,7 +5,9 @@ Every ``config.pbtxt`` is parsed with ``google.protobuf.text_format`` into
 
 - each model folder has a config whose ``name`` matches the folder, ``max_batch_size``
   0 (the project's contract: one request = one patient), and a numeric version folder;
-- each version folder has what the backend loads: ``model.py`` (python),
+- each version folder has what the backend loads: the files the bundle's Python
+  models list in their ``required_files`` parameter (backend ``covidct``, the bundle's
+  Python-based backend: no ``model.py`` per model),
   ``model.onnx``/``default_model_filename`` (onnxruntime), ``model.plan`` (tensorrt),
   and every file named in a python model's ``required_files`` parameter
   (comma-separated, set by the exporter: weights, configs);
@@ -25,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from covidct.errors import ExportError
+from covidct.serving.backend import BACKEND_NAME as BUNDLE_BACKEND
 from export.pbtxt import CONFIG_FILENAME, TensorSpec, get_parameter, input_specs, output_specs, read_config
 
 REQUIRED_FILES_PARAMETER = "required_files"
@@ -76,8 +79,9 @@ def _file_problems(model_dir: Path, config) -> list[str]:
     for version in versions:
         where = f"{model}/{version.name}"
         needed: list[str] = []
-        if backend == "python":
-            needed.append("model.py")
+        if backend in ("python", BUNDLE_BACKEND):
+            if backend == "python":
+                needed.append("model.py")
             listed = get_parameter(config, REQUIRED_FILES_PARAMETER, "") or ""
             needed += [f.strip() for f in listed.split(",") if f.strip()]
         elif backend == "onnxruntime":
@@ -90,7 +94,7 @@ def _file_problems(model_dir: Path, config) -> list[str]:
             if not (version / name).is_file():
                 problems.append(f"model {model!r}: {where}/{name} is missing (weights or code)")
         onnx_name = (
-            needed[0] if backend == "onnxruntime" else get_parameter(config, "onnx_file") if backend == "python" else None
+            needed[0] if backend == "onnxruntime" else get_parameter(config, "onnx_file") if backend in ("python", BUNDLE_BACKEND) else None
         )
         if onnx_name and (version / onnx_name).is_file():
             problems += _onnx_problems(version / onnx_name, model, config)

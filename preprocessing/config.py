@@ -19,10 +19,30 @@ from typing import Any, ClassVar, TypeVar
 
 from covidct.errors import ConfigError
 
-PIPELINE_CONFIG_VERSION = 1
+PIPELINE_CONFIG_VERSION = 2
+#: Older pipeline config versions that still load (missing sections take their defaults).
+SUPPORTED_PIPELINE_CONFIG_VERSIONS = (1, 2)
 PIPELINE_CONFIG_FILENAME = "pipeline_config.json"
 
 T = TypeVar("T")
+
+#: Slice selection rules of :class:`SelectionConfig`.
+SELECTION_RULES = ("lung_area", "paper002")
+
+
+def _check_range(owner: str, name: str, value: Any, low: float, high: float) -> None:
+    """ConfigError naming ``owner.name`` unless ``low <= value <= high`` (finite number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
+        raise ConfigError(f"{owner}.{name}={value!r}; expected a number in [{low}, {high}]")
+
+
+def _check_interval(owner: str, name: str, value: Any, low: float, high: float) -> None:
+    """ConfigError unless ``value`` is a pair ``(a, b)`` with ``low <= a < b <= high``."""
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+          and low <= value[0] < value[1] <= high)
+    if not ok:
+        raise ConfigError(f"{owner}.{name}={value!r}; expected (low, high) with {low} <= low < high <= {high}")
 
 
 class JsonConfig:
@@ -78,6 +98,18 @@ class ReaderConfig:
         smallest slice thickness) or ``"thinnest"`` (smallest slice spacing first).
     gap_tolerance: a slice distance above ``(1 + gap_tolerance) * median`` is a gap.
     decode_workers: processes for pixel decoding; 0 means ``os.cpu_count()``.
+
+    Limits checked from headers before anything is allocated or inflated:
+    max_volume_bytes: the decoded int16 volume ``[N, H, W]`` (N x H x W x 2 bytes); also
+        the declared total of a zip's entries. A NIfTI file may hold 4 times this (float64).
+    max_file_bytes: one DICOM or TIFF file, or one zip entry (declared size), in bytes.
+    max_files: files listed in a folder, or entries in a zip archive.
+    max_compression_ratio: a zip entry over 1 MiB inflating to more than this many times
+        its compressed size is refused.
+    matrix_size_px: (min, max) pixels of Rows (0028,0010) and Columns (0028,0011) (NIfTI
+        in-plane axes, TIFF pages).
+    pixel_spacing_mm / slice_spacing_mm: accepted (low, high) mm of the in-plane pixel
+        spacing and of the distance between slices (DICOM, NIfTI, a given ``spacing_mm``).
     """
 
     min_slices: int = 2
@@ -85,6 +117,30 @@ class ReaderConfig:
     series_rule: str = "most_slices"
     gap_tolerance: float = 0.5
     decode_workers: int = 0
+    max_volume_bytes: int = 4 * 1024**3
+    max_file_bytes: int = 256 * 1024**2
+    max_files: int = 10_000
+    max_compression_ratio: float = 200.0
+    matrix_size_px: tuple[int, int] = (32, 4096)
+    pixel_spacing_mm: tuple[float, float] = (0.1, 5.0)
+    slice_spacing_mm: tuple[float, float] = (0.1, 20.0)
+
+    def __post_init__(self) -> None:
+        owner = "ReaderConfig"
+        for name in ("max_volume_bytes", "max_file_bytes", "max_files"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{owner}.{name}={value!r}; expected a positive integer")
+        _check_range(owner, "max_compression_ratio", self.max_compression_ratio, 1.0, 1e9)
+        size = self.matrix_size_px
+        if not (isinstance(size, (tuple, list)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+                and 1 <= size[0] <= size[1] <= 65535):
+            raise ConfigError(
+                f"{owner}.matrix_size_px={size!r}; expected integers (low, high) with 1 <= low <= high <= 65535"
+            )
+        _check_interval(owner, "pixel_spacing_mm", self.pixel_spacing_mm, 0.0, 1000.0)
+        _check_interval(owner, "slice_spacing_mm", self.slice_spacing_mm, 0.0, 1000.0)
 
 
 @dataclass(frozen=True)
@@ -124,6 +180,12 @@ class SelectionConfig:
     The region is given in pixels of a ``reference_size`` x ``reference_size`` slice and
     scaled to the actual size. A pixel is dark below ``dark_threshold_hu``; per series,
     a slice is kept when its dark count exceeds ``(max - min) / divisor``.
+
+    rule: ``"lung_area"`` (default: keep slices whose 3-D lung mask area is at least
+        ``min_lung_area_fraction`` of the series maximum, see
+        :func:`preprocessing.slice_selection.select_by_lung_area`) or ``"paper002"`` (the
+        open-lung dark-pixel rule above, kept for the paper comparison).
+    min_lung_area_fraction: in [0, 1]; fraction of the largest per-slice lung area (mm^2).
     """
 
     region_x: tuple[int, int] = (120, 370)
@@ -131,16 +193,140 @@ class SelectionConfig:
     reference_size: int = 512
     dark_threshold_hu: float = -724.0
     divisor: float = 1.5
+    rule: str = "lung_area"
+    min_lung_area_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.rule not in SELECTION_RULES:
+            raise ConfigError(f"SelectionConfig.rule={self.rule!r}; expected one of {list(SELECTION_RULES)}")
+        _check_range("SelectionConfig", "min_lung_area_fraction", self.min_lung_area_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class VoteConfig:
     """Patient vote: positive when the fraction of selected slices with probability
     >= ``slice_threshold`` is at least ``positive_fraction``. The paper's text uses 0.30;
-    the authors' released code 0.10."""
+    the authors' released code 0.10. ``infection_threshold``: a pixel counts as infected
+    for the lesion burden when its infection probability is at least this (0..1)."""
 
     positive_fraction: float = 0.30
     slice_threshold: float = 0.5
+    infection_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_range("VoteConfig", "infection_threshold", self.infection_threshold, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LungSegmentationConfig:
+    """3-D lung mask of the whole series (:mod:`preprocessing.lung_segmentation`).
+
+    mask_size: the in-plane size (pixels) the slices are block-averaged to (integer
+        factor ``max(1, round(min(H, W) / mask_size))``).
+    body_threshold_hu: body tissue (fat, muscle, bone) is at or above it (HU).
+    lung_threshold_range_hu: the iterative (optimal) lung threshold is clamped to it (HU).
+    airway_threshold_hu: the most lenient airway threshold (HU, block means): the trachea
+        and main bronchi are grown from -1000 HU up to it in 25 HU steps while they do not leak.
+    trachea_area_mm2: cross-section range of the trachea seed (mm^2).
+    trachea_max_offset_mm: the seed's distance from the body's centre column (mm).
+    trachea_search_mm: the seed is searched in this many mm below the top body slice.
+    max_airway_ml: a grown airway tree above it has leaked into the lungs (ml).
+    min_component_ml: a lung component holds at least this volume (ml).
+    min_component_extent_mm: ... and spans at least this craniocaudal extent (mm).
+    max_component_air_fraction: ... and at most this fraction of its voxels is below
+        ``gas_threshold_hu`` (pure air: bowel gas, air pockets; lung parenchyma is denser).
+    gas_threshold_hu: pure air (gas) is below it (HU, block means).
+    bone_threshold_hu: bone is at or above it (HU, block means).
+    """
+
+    mask_size: int = 128
+    body_threshold_hu: float = -500.0
+    lung_threshold_range_hu: tuple[float, float] = (-600.0, -350.0)
+    airway_threshold_hu: float = -900.0
+    trachea_area_mm2: tuple[float, float] = (40.0, 900.0)
+    trachea_max_offset_mm: float = 40.0
+    trachea_search_mm: float = 60.0
+    max_airway_ml: float = 200.0
+    min_component_ml: float = 10.0
+    min_component_extent_mm: float = 10.0
+    max_component_air_fraction: float = 0.25
+    gas_threshold_hu: float = -950.0
+    bone_threshold_hu: float = 250.0
+
+    def __post_init__(self) -> None:
+        owner = "LungSegmentationConfig"
+        if isinstance(self.mask_size, bool) or not isinstance(self.mask_size, int) or not 8 <= self.mask_size <= 1024:
+            raise ConfigError(f"{owner}.mask_size={self.mask_size!r}; expected an integer in [8, 1024] (pixels)")
+        _check_range(owner, "body_threshold_hu", self.body_threshold_hu, -900.0, 0.0)
+        _check_interval(owner, "lung_threshold_range_hu", self.lung_threshold_range_hu, -900.0, 0.0)
+        _check_range(owner, "airway_threshold_hu", self.airway_threshold_hu, -1024.0, -800.0)
+        _check_interval(owner, "trachea_area_mm2", self.trachea_area_mm2, 0.0, 1e4)
+        _check_range(owner, "trachea_max_offset_mm", self.trachea_max_offset_mm, 0.0, 500.0)
+        _check_range(owner, "trachea_search_mm", self.trachea_search_mm, 0.0, 500.0)
+        _check_range(owner, "max_airway_ml", self.max_airway_ml, 0.0, 2000.0)
+        _check_range(owner, "min_component_ml", self.min_component_ml, 0.0, 5000.0)
+        _check_range(owner, "min_component_extent_mm", self.min_component_extent_mm, 0.0, 500.0)
+        _check_range(owner, "max_component_air_fraction", self.max_component_air_fraction, 0.0, 1.0)
+        _check_range(owner, "bone_threshold_hu", self.bone_threshold_hu, 0.0, 2000.0)
+        _check_range(owner, "gas_threshold_hu", self.gas_threshold_hu, -1024.0, -800.0)
+
+
+@dataclass(frozen=True)
+class AssessmentConfig:
+    """Plausibility checks of a series before any verdict (:mod:`preprocessing.assessment`).
+
+    Ranges are ``(low, high)`` inclusive. Units: mm, ml, HU, fractions.
+    pixel_spacing_mm / slice_spacing_mm: plausible in-plane and slice spacing (mm); the
+        in-plane range reaches 6 mm so that a 360 mm field of view stored at 64 x 64 pixels
+        (reduced test volumes) stays assessable, and still refuses 100 mm pixels.
+    min_body_ml: less body tissue than this is ``no_body`` (ml).
+    min_lung_ml: less lung than this is ``no_lungs`` (ml).
+    lung_volume_ml: plausible adult whole-lung volume at CT (ml).
+    min_lung_slices / min_lung_extent_mm: fewer lung-bearing slices or a shorter
+        craniocaudal lung extent is ``too_few_lung_slices``.
+    max_end_area_fraction: lung area on the first or last slice above this fraction of
+        the largest slice area is ``lungs_incomplete``.
+    air_hu: outside air is expected here (HU).
+    tissue_hu: median of body tissue between ``body_threshold_hu`` and bone (HU).
+    min_soft_tissue_fraction: fraction of body tissue voxels within ``soft_tissue_hu``.
+    soft_tissue_hu: the fat and soft-tissue band (HU).
+    min_spine_posterior_mm: the spine lies at least this far posterior of the body centre (mm).
+    max_spine_lateral_ratio: |lateral offset| / posterior offset of the spine at most this.
+    """
+
+    pixel_spacing_mm: tuple[float, float] = (0.2, 6.0)
+    slice_spacing_mm: tuple[float, float] = (0.3, 15.0)
+    min_body_ml: float = 500.0
+    min_lung_ml: float = 100.0
+    lung_volume_ml: tuple[float, float] = (1500.0, 9000.0)
+    min_lung_slices: int = 10
+    min_lung_extent_mm: float = 120.0
+    max_end_area_fraction: float = 0.1
+    air_hu: tuple[float, float] = (-1100.0, -900.0)
+    tissue_hu: tuple[float, float] = (-150.0, 150.0)
+    soft_tissue_hu: tuple[float, float] = (-200.0, 200.0)
+    min_soft_tissue_fraction: float = 0.5
+    min_spine_posterior_mm: float = 20.0
+    max_spine_lateral_ratio: float = 0.7
+
+    def __post_init__(self) -> None:
+        owner = "AssessmentConfig"
+        _check_interval(owner, "pixel_spacing_mm", self.pixel_spacing_mm, 0.0, 100.0)
+        _check_interval(owner, "slice_spacing_mm", self.slice_spacing_mm, 0.0, 100.0)
+        _check_range(owner, "min_body_ml", self.min_body_ml, 0.0, 1e6)
+        _check_range(owner, "min_lung_ml", self.min_lung_ml, 0.0, 1e5)
+        _check_interval(owner, "lung_volume_ml", self.lung_volume_ml, 0.0, 1e5)
+        if isinstance(self.min_lung_slices, bool) or not isinstance(self.min_lung_slices, int) \
+                or not 1 <= self.min_lung_slices <= 10000:
+            raise ConfigError(f"{owner}.min_lung_slices={self.min_lung_slices!r}; expected an integer in [1, 10000]")
+        _check_range(owner, "min_lung_extent_mm", self.min_lung_extent_mm, 0.0, 1000.0)
+        _check_range(owner, "max_end_area_fraction", self.max_end_area_fraction, 0.0, 1.0)
+        _check_interval(owner, "air_hu", self.air_hu, -4000.0, 4000.0)
+        _check_interval(owner, "tissue_hu", self.tissue_hu, -4000.0, 4000.0)
+        _check_interval(owner, "soft_tissue_hu", self.soft_tissue_hu, -4000.0, 4000.0)
+        _check_range(owner, "min_soft_tissue_fraction", self.min_soft_tissue_fraction, 0.0, 1.0)
+        _check_range(owner, "min_spine_posterior_mm", self.min_spine_posterior_mm, 0.0, 500.0)
+        _check_range(owner, "max_spine_lateral_ratio", self.max_spine_lateral_ratio, 0.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -175,15 +361,25 @@ class PipelineConfig(JsonConfig):
     segmenter_input: ModelInputConfig = field(
         default_factory=lambda: ModelInputConfig(size=256)
     )
+    lung_segmentation: LungSegmentationConfig = field(default_factory=LungSegmentationConfig)
+    assessment: AssessmentConfig = field(default_factory=AssessmentConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "PipelineConfig":
         version = data.get("version", PIPELINE_CONFIG_VERSION) if isinstance(data, dict) else None
-        if version != PIPELINE_CONFIG_VERSION:
+        if version not in SUPPORTED_PIPELINE_CONFIG_VERSIONS:
             raise ConfigError(
                 f"{source}: pipeline config version {version!r} is not supported; "
-                f"expected {PIPELINE_CONFIG_VERSION}"
+                f"expected {' or '.join(str(v) for v in SUPPORTED_PIPELINE_CONFIG_VERSIONS)}"
             )
+        data = dict(data)
+        if version == 1:
+            # Version 1 had no lung_segmentation/assessment sections (they take their
+            # defaults) and selected slices by paper 002's rule only: keep that rule.
+            selection = data.get("selection", {})
+            if isinstance(selection, dict) and "rule" not in selection:
+                data["selection"] = {**selection, "rule": "paper002"}
+        data["version"] = PIPELINE_CONFIG_VERSION
         return config_from_dict(cls, data, source)
 
 

@@ -1,4 +1,14 @@
-"""Paper 002's open-lung slice selection.
+"""Slice selection: the lung-area rule (default) and paper 002's open-lung rule.
+
+**Lung area** (``SelectionConfig.rule == "lung_area"``, :func:`select_by_lung_area`): a
+slice is kept when its lung area (mm^2, from the whole-series 3-D lung mask of
+:mod:`preprocessing.lung_segmentation`) is at least ``min_lung_area_fraction`` (0.25) of
+the series maximum. It discards the lung apices and bases, where little lung is cut,
+and keeps every slice with a sizeable lung section, wherever the lesions sit. On the
+three COVID-CT-MD sample series it keeps all 83 labelled-infected slices (paper 002's
+rule keeps 74) and discards 140 of 431 slices (32 %; per series 32 %, 21 % and 41 %: a
+scan range that hugs the lungs leaves less to discard). **Paper 002** (``rule == "paper002"``,
+:func:`select_open_lung_slices`), kept by name for the paper comparison:
 
 At both ends of a chest CT the lungs are "closed": the slice cuts the apex or the
 diaphragm domes and the middle of the image holds little air. Paper 002 (COVID-CTset)
@@ -108,3 +118,36 @@ def select_open_lung_slices(hu: np.ndarray, config: SelectionConfig = SelectionC
     threshold = (high - low) / float(config.divisor)
     indices = np.flatnonzero(counts > threshold).astype(np.int32)
     return SelectionResult(indices=indices, dark_counts=counts, threshold=float(threshold))
+
+
+def select_by_lung_area(lung_area_mm2: np.ndarray, config: SelectionConfig = SelectionConfig()) -> np.ndarray:
+    """int32 ``[K]`` ascending indices of slices whose lung area is at least
+    ``config.min_lung_area_fraction`` x the series maximum.
+
+    Args:
+        lung_area_mm2: float ``[N]``, lung area per slice in mm^2 (e.g.
+            :attr:`preprocessing.lung_segmentation.LungSegmentation.lung_area_mm2`).
+
+    Raises:
+        VolumeError: the areas are not a non-empty 1-D array of finite values >= 0.
+        NoOpenLungError: no slice holds lung (every area is 0).
+    """
+    area = np.asarray(lung_area_mm2)
+    if area.ndim != 1 or area.size == 0 or not np.issubdtype(area.dtype, np.number):
+        raise VolumeError(
+            f"select_by_lung_area: lung_area_mm2 must be a non-empty 1-D array of mm^2; got "
+            f"{area.dtype} shape {area.shape}"
+        )
+    area = area.astype(np.float64)
+    if not np.all(np.isfinite(area)) or area.min() < 0:
+        raise VolumeError(
+            f"select_by_lung_area: lung_area_mm2 holds values outside [0, inf) "
+            f"(min {np.nanmin(area) if np.any(np.isfinite(area)) else area[0]!r}); expected finite areas in mm^2"
+        )
+    peak = float(area.max())
+    if peak == 0:
+        raise NoOpenLungError(
+            f"select_by_lung_area: none of the {area.size} slices holds lung (every lung area is 0 mm^2); "
+            "expected a chest CT whose lungs the segmentation finds"
+        )
+    return np.flatnonzero(area >= config.min_lung_area_fraction * peak).astype(np.int32)

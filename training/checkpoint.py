@@ -2,8 +2,13 @@
 
 ``<dir>/weights.pt`` (state dict), ``<dir>/model_config.json``
 (:class:`training.registry.ModelConfig`), ``<dir>/pipeline_config.json``
-(:class:`preprocessing.config.PipelineConfig`), and optionally ``<dir>/extra.json``
-(training state such as the epoch; the optimiser state goes to ``optimizer.pt``).
+(:class:`preprocessing.config.PipelineConfig`), ``<dir>/model_card.json``
+(:class:`training.model_card.ModelCard`: training data, evaluation, intended use, the
+SHA-256 of ``weights.pt``), and optionally ``<dir>/extra.json`` (training state such as
+the epoch; the optimiser state goes to ``optimizer.pt``).
+
+:func:`load_checkpoint` does not need the card (older checkpoints load); the exporter
+does (:func:`training.model_card.load_model_card`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 
 from covidct.errors import CheckpointError, ConfigError
 from preprocessing.config import PipelineConfig
+from training.model_card import ModelCard, file_sha256, load_model_card, unrecorded_card, write_model_card
 from training.registry import MODEL_CONFIG_FILENAME, ModelConfig, create_model_from_config
 
 WEIGHTS_FILENAME = "weights.pt"
@@ -42,10 +48,14 @@ def save_checkpoint(
     pipeline_config: PipelineConfig,
     extra: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    card: ModelCard | None = None,
 ) -> Path:
-    """Write ``model`` (which must carry ``.model_config``) and its pipeline config.
+    """Write ``model`` (which must carry ``.model_config``), its pipeline config and its
+    model card (``weights_sha256`` set to the written weights).
 
-    Returns the checkpoint folder (created if needed).
+    ``card`` None keeps the folder's existing card of the same network (a training run
+    rewriting its checkpoint every epoch), else writes a card saying that no training
+    data were recorded (``demo`` true). Returns the checkpoint folder (created if needed).
     """
     cfg = getattr(model, "model_config", None)
     if not isinstance(cfg, ModelConfig):
@@ -61,7 +71,19 @@ def save_checkpoint(
         (out / EXTRA_FILENAME).write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if optimizer is not None:
         torch.save(optimizer.state_dict(), out / OPTIMIZER_FILENAME)
+    if card is None:
+        card = _existing_card(out, cfg) or unrecorded_card(cfg, pipeline_config)
+    write_model_card(card.with_weights(file_sha256(out / WEIGHTS_FILENAME)), out)
     return out
+
+
+def _existing_card(directory: Path, cfg: ModelConfig) -> ModelCard | None:
+    """The folder's card when it describes the same network, else None."""
+    try:
+        card = load_model_card(directory)
+    except CheckpointError:
+        return None
+    return card if (card.network, card.task) == (cfg.name, cfg.task) else None
 
 
 def load_checkpoint(

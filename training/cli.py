@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {train,evaluate,models,presets}``.
+"""Command line: ``python -m training {train,evaluate,kfold,models,presets}``.
 
 Examples::
 
@@ -6,7 +6,19 @@ Examples::
     python -m training train --model unet --data dicom-csv --data-path DATA --out runs/unet
     python -m training train --resume runs/cnn6 --epochs 10 --out runs/cnn6
     python -m training evaluate --checkpoint runs/cnn6 --data dicom-csv --data-path DATA --out eval/
+    python -m training evaluate --checkpoint runs/cnn6 --data dicom-csv --data-path VAL --out eval/ \
+        --pick-vote-threshold [--apply-vote-threshold]
     python -m training evaluate --folds 5 --preset paper000 --out cv/      # k-fold CV
+    python -m training kfold --preset kfold-small --data dicom-csv --data-path DATA \
+        --leave-one-patient-out --out runs/lopo   # pooled figures + final model in runs/lopo/final
+
+``kfold`` trains one classifier per patient-level fold, pools the held-out patients'
+figures into ``report.json`` (+ ``roc_curve.png``, ``patient_fractions.png``), then
+trains the final model on every patient into ``OUT/final``; its ``model_card.json``
+carries the figures. ``--apply-vote-threshold`` writes the vote threshold picked on the
+held-out patients into the final model's ``pipeline_config.json`` (kfold) or into the
+evaluated checkpoint's (evaluate with ``--pick-vote-threshold``); without it the pick is
+only recorded (report and model card).
 
 Options given on the command line override the preset, which overrides the defaults;
 the resolved config is written as ``train_config.json`` into the checkpoint folder.
@@ -21,6 +33,7 @@ from typing import Any, Sequence
 
 from covidct.errors import ConfigError, CovidCTError
 from training.config import DATA_KINDS, OPTIMIZERS, PRESETS, TrainConfig, resolve_train_config
+from training.file_sources import LABEL_RULES
 
 TOP_LEVEL = {
     "model": "model", "input_size": "input_size", "num_outputs": "num_outputs", "epochs": "epochs",
@@ -32,7 +45,7 @@ TOP_LEVEL = {
 DATA_KEYS = {
     "data": "kind", "data_path": "path", "phantom_patients": "phantom_patients",
     "phantom_slices": "phantom_slices", "phantom_size": "phantom_size",
-    "insertion_copies": "insertion_copies", "seg_target": "seg_target",
+    "insertion_copies": "insertion_copies", "seg_target": "seg_target", "label_rule": "label_rule",
 }
 
 
@@ -52,6 +65,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phantom-size", type=int)
     p.add_argument("--insertion-copies", type=int)
     p.add_argument("--seg-target", choices=("infection", "lung"))
+    p.add_argument("--label-rule", choices=sorted(LABEL_RULES),
+                   help="dicom-csv: diagnosis + infected -> slice labels (default covid-vs-rest)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -114,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slices for the per-slice metrics (the vote always uses the selection)")
     ev.add_argument("--out", required=True, help="report folder")
     ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--pick-vote-threshold", action="store_true",
+                    help="pick the vote threshold on these patients (report + model card)")
+    ev.add_argument("--apply-vote-threshold", action="store_true",
+                    help="also write it into the checkpoint's pipeline_config.json")
+    kf = sub.add_parser("kfold", help="patient-level k-fold of a classifier, then the final model on all patients")
+    _add_train_options(kf)
+    kf.add_argument("--leave-one-patient-out", action="store_true", help="one fold per patient (instead of --folds)")
+    kf.add_argument("--apply-vote-threshold", action="store_true",
+                    help="write the vote threshold picked on the held-out patients into the final model")
+    kf.add_argument("--out", required=True, help="folder for report.json, plots, fold<i>/ and final/")
+    kf.add_argument("--quiet", action="store_true")
     sub.add_parser("models", help="list registered networks")
     sub.add_parser("presets", help="show the papers' presets")
     return parser
@@ -142,10 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             if result.report is not None:
                 summary["validation"] = result.report.get("slice") or result.report.get("all_slices")
                 summary["patients"] = result.report.get("patient")
+        elif args.command == "kfold":
+            if args.leave_one_patient_out == bool(args.folds):
+                raise ConfigError("kfold needs exactly one of --folds K and --leave-one-patient-out")
+            report = run.run_kfold(cfg, args.out, folds=args.folds, leave_one_out=args.leave_one_patient_out,
+                                   apply_vote_threshold=args.apply_vote_threshold, progress=not args.quiet)
+            summary = {k: report[k] for k in ("method", "patients", "slice_roc_auc", "vote_threshold",
+                                              "patient_verdicts", "vote_threshold_pick", "seconds", "warnings",
+                                              "final_checkpoint")}
+            summary["report"] = str(Path(args.out) / "report.json")
         elif args.checkpoint:
             report = run.evaluate_checkpoint(args.checkpoint, cfg.data, args.out, slices=args.slices,
-                                             device=cfg.device, progress=not args.quiet)
-            summary = {k: report.get(k) for k in ("slice", "patient", "all_slices") if k in report}
+                                             device=cfg.device, progress=not args.quiet,
+                                             pick_threshold=args.pick_vote_threshold,
+                                             apply_threshold=args.apply_vote_threshold)
+            summary = {k: report.get(k) for k in ("slice", "patient", "all_slices", "vote_threshold_pick")
+                       if k in report}
             summary["report"] = str(Path(args.out) / "report.json")
         else:
             summary = run.run_crossval(cfg, args.out, progress=not args.quiet)

@@ -9,7 +9,9 @@
 
 and writes one checkpoint folder per network. Both checkpoints carry the same
 ``pipeline_config.json`` (classifier input 64 px with mask channels, segmenter input
-64 px), so the ensemble can take either.
+64 px), so the ensemble can take either, and a ``model_card.json`` saying what they are:
+``demo: true``, ``training_data.source_kind: "phantom"``, ``synthetic: true`` and the
+warning :data:`training.model_card.DEMO_WARNING`, which the served answers carry.
 
 Decisions (ours, recorded in each ``train_config.json``): on the phantom the raw
 64 px image alone generalised poorly to unseen patients (slice AUC 0.5-0.7 in our
@@ -76,7 +78,8 @@ def train_demo_models(
     """Train the demo classifier and segmenter; returns ``{"classifier": dir, "segmenter": dir}``.
 
     Each folder is a checkpoint (weights.pt, model_config.json, pipeline_config.json,
-    train_config.json, history.json, report.json and plots of the held-out patients).
+    model_card.json, train_config.json, history.json, report.json and plots of the
+    held-out patients).
     ``quick`` trains fewer patients/epochs (tests).
     """
     out = Path(out_dir)

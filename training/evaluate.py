@@ -8,6 +8,12 @@ pipeline's vote fraction and for the authors' released 0.10).
 Segmenters: pooled Dice and pixel precision/recall at 0.5, against an all-background
 prediction.
 
+:func:`pick_vote_threshold` chooses the patient vote threshold (``VoteConfig.
+positive_fraction``) on the patients' positive-slice fractions: the midpoint between
+the largest negative and the smallest positive fraction when they separate, else the
+threshold with the largest Youden index J = sensitivity + specificity - 1 (ties: the
+lowest threshold, sensitivity first for triage).
+
 :func:`write_report` writes ``report.json`` plus PNG plots (ROC, confusion matrices,
 training curves when a history is given).
 """
@@ -35,7 +41,7 @@ REPORT_FILENAME = "report.json"
 RELEASED_CODE_VOTE_FRACTION = 0.10
 
 
-def _selected_probabilities(p: PreparedPatient, probs: np.ndarray) -> np.ndarray:
+def selected_probabilities(p: PreparedPatient, probs: np.ndarray) -> np.ndarray:
     """Probabilities of the patient's selected slices, from those of its prepared slices."""
     position = {int(v): i for i, v in enumerate(p.indices)}
     missing = [int(s) for s in p.selected if int(s) not in position]
@@ -68,7 +74,7 @@ def evaluate_classifier(
         labelled = p.slice_labels != UNLABELLED
         all_labels.append(p.slice_labels[labelled])
         all_probs.append(probs[labelled])
-        sel_probs = _selected_probabilities(p, probs)
+        sel_probs = selected_probabilities(p, probs)
         entry: dict[str, Any] = {
             "patient_id": p.patient_id,
             "label": p.label,
@@ -148,15 +154,16 @@ def evaluate(model: nn.Module, patients: Sequence[PreparedPatient], pipeline: Pi
     return evaluate_segmenter(model, patients, batch_size=batch_size, device=device)
 
 
-def _clean(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN/inf floats as None and numpy scalars as Python (for JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [finite_json(v) for v in value]
     if isinstance(value, np.generic):
-        return _clean(value.item())
+        return finite_json(value.item())
     return value
 
 
@@ -179,10 +186,65 @@ def write_report(report: dict[str, Any], out_dir: str | Path,
     if history:
         plots.plot_training_curves(history, out / f"{prefix}training_curves.png")
     path = out / f"{prefix}{REPORT_FILENAME}"
-    path.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(finite_json(report), indent=2) + "\n", encoding="utf-8")
     return path
 
 
 def vote_config_with(pipeline: PipelineConfig, fraction: float | None) -> VoteConfig:
     """The pipeline's vote config, with ``positive_fraction`` replaced when given."""
     return pipeline.vote if fraction is None else dataclasses.replace(pipeline.vote, positive_fraction=fraction)
+
+
+def patient_fractions(report: dict[str, Any], vote: str = "pipeline") -> tuple[np.ndarray, np.ndarray]:
+    """(positive-slice fractions float64 ``[P]``, patient labels int ``[P]``) of a
+    classifier report's ``patients``."""
+    rows = report.get("patients") or []
+    fractions = np.array([r[f"vote_{vote}"]["positive_fraction"] for r in rows], dtype=np.float64)
+    return fractions, np.array([int(r["label"]) for r in rows], dtype=np.int64)
+
+
+def pick_vote_threshold(fractions: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
+    """Vote threshold (fraction of selected slices, 0..1) picked on patients.
+
+    ``fractions``: each patient's fraction of selected slices with probability >=
+    ``slice_threshold``; ``labels``: 1 COVID-19, 0 not. Returns ``value``, ``method``
+    (``midpoint`` or ``youden``), ``separable``, ``better_than_chance`` (Youden J > 0;
+    a pick that is not should not be applied), ``max_negative_fraction``,
+    ``min_positive_fraction``, ``youden_j``, ``positives``, ``negatives`` and ``rule``
+    (a sentence). Raises DatasetError without both positive and negative patients or for
+    labels other than 0/1.
+    """
+    f = np.asarray(fractions, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if f.shape != y.shape or not np.isin(y, (0, 1)).all():
+        raise DatasetError(
+            f"picking a vote threshold needs one 0/1 label per patient fraction; got {f.size} fractions "
+            f"and labels {sorted(set(y.tolist()))}"
+        )
+    pos, neg = f[y == 1], f[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        raise DatasetError(
+            f"picking a vote threshold needs positive and negative patients; got {pos.size} positive "
+            f"and {neg.size} negative"
+        )
+    separable = bool(neg.max() < pos.min())
+    if separable:
+        value, method = float((neg.max() + pos.min()) / 2.0), "midpoint"
+    else:
+        best = None
+        for t in np.unique(f):
+            j = float(np.mean(pos >= t) - np.mean(neg >= t))
+            if best is None or j > best[1] + 1e-12:
+                best = (float(t), j)
+        value, method = best[0], "youden"
+    j = float(np.mean(pos >= value) - np.mean(neg >= value))
+    rule = (
+        "midpoint between the largest negative and the smallest positive patient fraction"
+        if separable else
+        "patient fraction with the largest Youden index (sensitivity + specificity - 1), lowest on ties"
+    )
+    return {
+        "value": value, "method": method, "rule": rule, "separable": separable, "better_than_chance": j > 0,
+        "max_negative_fraction": float(neg.max()), "min_positive_fraction": float(pos.min()),
+        "youden_j": j, "positives": int(pos.size), "negatives": int(neg.size),
+    }

@@ -64,12 +64,17 @@ class PatientData:
 
 @dataclass(frozen=True)
 class PatientCase:
-    """A patient that can be loaded: id, split group, patient label, loader."""
+    """A patient that can be loaded: id, split group, patient label, loader.
+
+    diagnosis: the source's diagnosis name (``COVID-19``, ``CAP``, ``Normal``) where the
+    source has one, else ``""`` (model cards count patients by it).
+    """
 
     patient_id: str
     label: int
     load: Callable[[], PatientData]
     group_id: str = ""
+    diagnosis: str = ""
 
     @property
     def group(self) -> str:

@@ -1,5 +1,5 @@
 """Evaluation plots as PNG (matplotlib, Agg backend): ROC curve, confusion matrix,
-training curves."""
+training curves, per-patient positive-slice fraction against the slice threshold."""
 
 from __future__ import annotations
 
@@ -74,6 +74,39 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
             ax2.set_ylabel(name)
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1.02)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_patient_fractions(
+    patients: Sequence[tuple[str, int, np.ndarray]],
+    vote_threshold: float,
+    slice_threshold: float,
+    path: str | Path,
+    title: str = "patients: fraction of selected slices at or above a probability",
+) -> Path:
+    """One curve per patient: fraction of its selected slices with probability >= t
+    against t in [0, 1] (``patients``: (id, label 0/1, probabilities ``[K]``)); the vote
+    threshold (horizontal, grey) and the slice threshold (vertical, dotted). Positive
+    patients are drawn solid, negative ones dashed."""
+    plt = _pyplot()
+    t = np.linspace(0.0, 1.0, 201)
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    for i, (pid, label, probs) in enumerate(patients):
+        p = np.asarray(probs, dtype=np.float64).ravel()
+        frac = (p[None, :] >= t[:, None]).mean(axis=1) if p.size else np.zeros_like(t)
+        ax.plot(t, frac, lw=2, color=f"C{i % 10}", ls="-" if label == 1 else "--",
+                label=f"{pid} ({'positive' if label == 1 else 'negative'})")
+    ax.axhline(vote_threshold, ls="--", color="grey", lw=1, label=f"vote threshold {vote_threshold:.2f}")
+    ax.axvline(slice_threshold, ls=":", color="black", lw=1, label=f"slice threshold {slice_threshold:.2f}")
+    ax.set_xlabel("slice probability threshold")
+    ax.set_ylabel("fraction of selected slices")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

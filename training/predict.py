@@ -1,4 +1,4 @@
-"""Batched inference helpers: logits -> probabilities, as the exported heads do.
+"""Batched inference: logits -> probabilities, as the exported heads do.
 
 Classifiers: one logit -> ``sigmoid``; two logits -> ``softmax[:, 1]`` (COVID class).
 Segmenters: ``sigmoid`` per pixel. Inputs float32 ``[N, C, S, S]`` (numpy or torch).

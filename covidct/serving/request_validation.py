@@ -87,9 +87,9 @@ def validate_spacing(array: object, name: str = "SPACING_MM") -> np.ndarray:
 
 
 def validate_slice_counts(tensors: Mapping[str, np.ndarray], expected: int | None = None) -> int:
-    """All tensors have the same first dimension K (one entry per selected slice); returns K.
+    """All tensors have the same first dimension K (one entry per slice); returns K (may be 0).
 
-    ``expected``: K required by the caller (e.g. the number of selected indices).
+    ``expected``: K required by the caller (e.g. the number of lung-bearing slices).
     """
     if not tensors:
         raise TensorInputError("validate_slice_counts: no tensors given; expected at least one")
@@ -102,10 +102,8 @@ def validate_slice_counts(tensors: Mapping[str, np.ndarray], expected: int | Non
     if len(values) > 1 or k not in values:
         listing = ", ".join(f"{name} has {c}" for name, c in counts.items())
         raise TensorInputError(
-            f"slice counts differ: {listing}; expected {k} (one entry per selected slice) in every tensor"
+            f"slice counts differ: {listing}; expected {k} (one entry per slice) in every tensor"
         )
-    if k < 1:
-        raise TensorInputError(f"{', '.join(counts)}: got 0 slices; expected at least 1 selected slice")
     return k
 
 

@@ -1,8 +1,9 @@
-"""Request handling shared by the bundle's Triton Python-backend models.
+"""Request handling of the bundle's Triton Python models.
 
-Every ``model_repository/*/1/model.py`` is a thin shell around :class:`StepModel`: it
-names one plain, unit-tested function (``covidct.serving.steps.*`` or a network
-runner from ``covidct.serving.runners``) and this class does the rest:
+The one ``TritonPythonModel`` (:mod:`covidct.serving.backend`) calls
+:func:`build_step_model`, which reads the model's ``step`` parameter, builds the plain,
+unit-tested function it names (a step of :mod:`covidct.serving.steps` or a network runner
+of :mod:`covidct.serving.runners`) and wraps it in a :class:`StepModel`, which:
 
 * reads the tensor names, dtypes and dims from the model's own ``config.pbtxt``
   (Triton hands it over as JSON in ``args["model_config"]``); nothing is repeated in code;
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from covidct.errors import InputError
+from covidct.errors import ConfigError, InputError
 
 Step = Callable[..., Mapping[str, Any]]
 
@@ -60,12 +61,38 @@ def parse_model_versions(text: str) -> tuple[str, ...]:
     return tuple(entry for entry in text.replace(";", ",").replace(" ", ",").split(",") if entry)
 
 
+MODEL_CARDS_FILENAME = "model_cards.json"
+"""Written by the exporter into the vote model's version folder: ``{"classifier": card, ...}``."""
+
+
+def read_model_cards(directory: Path) -> str:
+    """The ``model_cards.json`` of a version folder as compact JSON text (``"{}"`` when absent)."""
+    path = Path(directory) / MODEL_CARDS_FILENAME
+    if not path.is_file():
+        return "{}"
+    try:
+        cards = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(cards, dict):
+        raise ConfigError(f"{path}: expected a JSON object of model cards, got {type(cards).__name__}")
+    return json.dumps(cards, sort_keys=True)
+
+
 def runner_step(runner: Callable[[Any], Any], input_name: str, output_name: str) -> Step:
-    """A network runner (one input array -> one output array) as a :class:`StepModel` step."""
+    """A network runner (one input array -> one output array) as a :class:`StepModel` step.
+
+    A request with no slices (``[0, C, S, S]``: no lung found) gets an empty output of the
+    network's output shape (the network runs once on a zero slice to learn it).
+    """
     key = input_name.lower()
 
     def step(**inputs: Any) -> dict[str, Any]:
-        return {output_name: runner(inputs[key])}
+        array = inputs[key]
+        if isinstance(array, np.ndarray) and array.ndim >= 1 and array.shape[0] == 0:
+            probe = np.asarray(runner(np.zeros((1, *array.shape[1:]), dtype=array.dtype)))
+            return {output_name: probe[:0]}
+        return {output_name: runner(array)}
 
     return step
 
@@ -142,3 +169,59 @@ class StepModel:
         if all(d >= 0 for d in dims):
             array = array.reshape(dims)
         return self.pb_utils.Tensor(name, array)
+
+
+STEP_PARAMETER = "step"
+"""``config.pbtxt`` parameter naming the step a Python model runs (default: the model name)."""
+
+
+def step_name(config: Mapping[str, Any]) -> str:
+    """The step a model config asks for: its ``step`` parameter, else its name."""
+    return string_parameter(config, STEP_PARAMETER) or str(config.get("name", ""))
+
+
+def build_step(args: Mapping[str, str]) -> tuple[Step, dict[str, Any], bool]:
+    """``(function, fixed keyword arguments, dlpack_inputs)`` for the model being loaded.
+
+    Steps: ``preprocess`` and ``vote`` (:mod:`covidct.serving.steps`, with the
+    ``pipeline_config.json`` of the version folder; the vote also returns the version
+    folder's ``model_cards.json`` when the exporter wrote one) and ``network`` (a
+    classifier or segmenter runner, :mod:`covidct.serving.runners`). Unknown names raise
+    ``ConfigError``.
+    """
+    from covidct.serving import steps
+    from preprocessing.config import PipelineConfig
+
+    config = model_config(args)
+    name = step_name(config)
+    if name == "network":
+        from covidct.serving.runners import RunnerSettings, create_runner
+
+        settings = RunnerSettings.from_model_config(config)
+        runner = create_runner(
+            args["model_instance_kind"],
+            version_dir(args),
+            settings,
+            device_id=int(args.get("model_instance_device_id", 0) or 0),
+        )
+        return runner_step(runner, settings.input_name, settings.output_name), {}, runner.accepts_dlpack
+    functions: dict[str, Step] = {
+        "preprocess": steps.preprocess_step,
+        "vote": steps.vote_step,
+    }
+    if name not in functions:
+        raise ConfigError(
+            f"model {config.get('name')!r}: parameter {STEP_PARAMETER!r} is {name!r}; "
+            f"expected one of {sorted([*functions, 'network'])}"
+        )
+    kwargs: dict[str, Any] = {"config": PipelineConfig.load(version_dir(args))}
+    if name == "vote":
+        kwargs["model_versions"] = parse_model_versions(string_parameter(config, "model_versions"))
+        kwargs["model_card"] = read_model_cards(version_dir(args))
+    return functions[name], kwargs, False
+
+
+def build_step_model(args: Mapping[str, str], pb_utils: ModuleType) -> StepModel:
+    """The :class:`StepModel` of the model being loaded (called by ``TritonPythonModel``)."""
+    step, kwargs, dlpack = build_step(args)
+    return StepModel(args, pb_utils, step, dlpack_inputs=dlpack, **kwargs)

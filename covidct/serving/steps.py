@@ -1,45 +1,35 @@
 """The functions the Triton Python models call, and a reference chain without Triton.
 
-Each step takes and returns plain numpy arrays under the tensor names of the ensemble
-``covid_ct_pipeline`` (``docs/architecture.md``), with the contract's dtypes:
+Each step takes and returns plain numpy arrays under the tensor names of
+:mod:`covidct.serving.tensors`:
 
-* :func:`lung_select_step`: ``HU_VOLUME`` int16 ``[N, H, W]`` ->
-  ``SELECTED_INDICES`` int32 ``[K]``, ``SELECTED_HU`` int16 ``[K, H, W]``,
-  ``DARK_COUNTS`` int32 ``[N]`` (paper 002's open-lung selection).
-* :func:`preprocess_step`: ``SELECTED_HU``, ``SPACING_MM`` float32 ``[3]`` (z, y, x mm)
-  -> ``CLASSIFIER_INPUT`` / ``SEGMENTER_INPUT`` float32 ``[K, C, S, S]``
-  (:mod:`preprocessing.model_inputs`), ``LUNG_MASK`` uint8 ``[K, S, S]`` (paper 000's
-  lung mask, nearest-resized to the segmenter size) and ``PIXEL_AREA_MM2`` float32
-  ``[1]`` (area of one ``LUNG_MASK`` pixel).
-* :func:`vote_step`: classifier ``PROBABILITY`` float32 ``[K, 1]``, segmenter
-  ``INFECTION_PROBABILITY`` float32 ``[K, 1, S, S]`` and the above -> ``VERDICT`` int32
-  ``[1]``, ``POSITIVE_FRACTION``, ``VOTE_THRESHOLD``, ``LESION_BURDEN_PCT``,
-  ``LUNG_VOLUME_ML`` float32 ``[1]``, ``SLICE_PROBABILITIES`` float32 ``[K]``,
-  ``SELECTED_INDICES`` int32 ``[K]``, ``MODEL_VERSIONS`` object (bytes) ``[M]``.
-  Lesion burden: pixels with infection probability >= 0.5 inside ``LUNG_MASK`` over
-  ``LUNG_MASK`` pixels (%); lung volume: ``LUNG_MASK`` pixels x ``PIXEL_AREA_MM2`` x
-  z spacing (ml), over the selected slices only.
+* :func:`preprocess_step`: ``HU_VOLUME`` int16 ``[N, H, W]`` + ``SPACING_MM`` ->
+  the 3-D lung mask of the whole series (:func:`preprocessing.lung_segmentation.segment_lungs`,
+  reduced in-plane grid), the plausibility assessment
+  (:func:`preprocessing.assessment.assess`), the lung selection (slices the classifier
+  sees, :mod:`preprocessing.slice_selection`) and the network inputs
+  (:mod:`preprocessing.model_inputs`): ``CLASSIFIER_INPUT`` of the selected slices,
+  ``SEGMENTER_INPUT`` of every lung-bearing slice. The full-resolution volume enters here
+  and goes no further.
+* :func:`vote_step`: classifier ``PROBABILITY`` ``[K, 1]``, segmenter
+  ``INFECTION_PROBABILITY`` ``[L, 1, S, S]``, ``LUNG_MASK`` ``[L, m, m]`` ->
+  the answer (``VERDICT``: positive, negative or not assessable with the assessment's
+  reasons), the whole-lung volume (ml) and lesion burden (%), ``INFECTION_MASK`` on the
+  mask grid, the model versions and cards.
 
-The segmenter input must not be lung-cropped (``segmenter_input.lung_crop``): the
-lung mask and the pixel area must be in the frame of the whole slice for the volume and
-burden to be one number per series; :func:`preprocess_step` raises ``ConfigError``.
-
-:func:`run_pipeline_reference` chains the three steps with two callables in place of
-the networks; the serving integration tests compare the server's outputs to it.
+:func:`run_pipeline_reference` chains the steps with two callables in place of the
+networks; the serving integration tests compare the server's outputs to it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from covidct.errors import ConfigError, TensorInputError
-from preprocessing.config import PipelineConfig
-from preprocessing.hu_window import window_normalize
-from preprocessing.lung_masks import lung_and_infection_masks
-from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
-from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
+from covidct.errors import ConfigError, NoOpenLungError, TensorInputError
+from covidct.serving import tensors as T
 from covidct.serving.request_validation import (
     check_tensor,
     validate_hu_volume,
@@ -47,131 +37,193 @@ from covidct.serving.request_validation import (
     validate_slice_counts,
     validate_spacing,
 )
+from preprocessing.assessment import Assessment, Reason, assess
+from preprocessing.config import ModelInputConfig, PipelineConfig
+from preprocessing.hu_window import window_normalize
+from preprocessing.lung_masks import lung_and_infection_masks
+from preprocessing.lung_segmentation import segment_lungs
+from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
+from preprocessing.patient_vote import patient_vote
 from preprocessing.resize import resize_nearest
-from preprocessing.slice_selection import select_open_lung_slices
+from preprocessing.slice_selection import select_by_lung_area, select_open_lung_slices
 from preprocessing.volume import CTVolume
 
-#: Slices preprocessed together (see :func:`preprocess_step`).
+#: Slices turned into network inputs together (intermediates stay in cache).
 PREPROCESS_CHUNK_SLICES = 8
-
-#: A segmenter pixel is infected when its probability is at least this.
-INFECTION_PROBABILITY_THRESHOLD = 0.5
 
 Arrays = dict[str, np.ndarray]
 
 
-def lung_select_step(hu_volume: np.ndarray, config: PipelineConfig) -> Arrays:
-    """Open-lung selection of a request volume (see module docstring for the tensors)."""
-    hu = validate_hu_volume(hu_volume, "HU_VOLUME", max_slices=config.reader.max_slices)
-    selection = select_open_lung_slices(hu, config.selection)
-    return {
-        "SELECTED_INDICES": selection.indices.astype(np.int32, copy=False),
-        "SELECTED_HU": np.ascontiguousarray(hu[selection.indices]),
-        "DARK_COUNTS": selection.dark_counts.astype(np.int32, copy=False),
+def _empty_input(input_config: ModelInputConfig) -> np.ndarray:
+    size = int(input_config.size)
+    return np.zeros((0, input_config.channels, size, size), np.float32)
+
+
+def selected_slices(hu: np.ndarray, lung_area_mm2: np.ndarray, config: PipelineConfig) -> np.ndarray:
+    """Indices (int32, ascending) of the slices the classifier sees.
+
+    ``config.selection.rule``: ``"lung_area"`` (slices with enough lung in the 3-D mask) or
+    ``"paper002"`` (paper 002's open-lung rule on the HU slices). No lung -> no slice.
+    """
+    try:
+        if config.selection.rule == "paper002":
+            return select_open_lung_slices(hu, config.selection).indices.astype(np.int32)
+        return np.asarray(select_by_lung_area(lung_area_mm2, config.selection), dtype=np.int32)
+    except NoOpenLungError:  # no lung at all: the assessment says so; the classifier sees nothing
+        return np.zeros(0, np.int32)
+
+
+def network_inputs_of(
+    hu: np.ndarray, selected: np.ndarray, lung_slices: np.ndarray, config: PipelineConfig, chunk_slices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(CLASSIFIER_INPUT [K, C, S, S], SEGMENTER_INPUT [L, C, S, S])``.
+
+    Every slice in either set is windowed (and masked, where a network takes the paper-000
+    mask channels or the lung crop) once, ``chunk_slices`` at a time.
+    """
+    wanted = np.union1d(selected, lung_slices).astype(np.int64)
+    in_selected = np.isin(wanted, selected)
+    in_lung = np.isin(wanted, lung_slices)
+    mask_needed = needs_masks(config.classifier_input) or needs_masks(config.segmenter_input)
+    classifier_parts = [_empty_input(config.classifier_input)]
+    segmenter_parts = [_empty_input(config.segmenter_input)]
+    for start in range(0, wanted.size, chunk_slices):
+        part = slice(start, start + chunk_slices)
+        chunk = hu[wanted[part]]
+        masks = lung_and_infection_masks(chunk, config.masks) if mask_needed else None
+        windowed = window_normalize(chunk, config.window)
+        for keep, build, parts in (
+            (in_selected[part], classifier_inputs, classifier_parts),
+            (in_lung[part], segmenter_inputs, segmenter_parts),
+        ):
+            if keep.any():
+                sub_masks = None if masks is None else (masks[0][keep], masks[1][keep])
+                parts.append(build(chunk[keep], config, sub_masks, windowed[keep]))
+    return np.concatenate(classifier_parts), np.concatenate(segmenter_parts)
+
+
+def assessment_json(assessment: Assessment) -> bytes:
+    """The ``ASSESSMENT`` tensor's JSON text (UTF-8)."""
+    document = {
+        "assessable": bool(assessment.assessable),
+        "reasons": [{"code": r.code, "message": r.message} for r in assessment.reasons],
+        "measurements": {k: float(v) for k, v in sorted(assessment.measurements.items())},
     }
-
-
-def pixel_area_at(spacing_mm: np.ndarray, height: int, width: int, size: int) -> float:
-    """Area (mm^2) of one pixel after resizing an ``H x W`` slice to ``size x size``."""
-    return float(spacing_mm[1]) * height / size * float(spacing_mm[2]) * width / size
+    return json.dumps(document, sort_keys=True).encode("utf-8")
 
 
 def preprocess_step(
-    selected_hu: np.ndarray,
+    hu_volume: np.ndarray,
     spacing_mm: np.ndarray,
     config: PipelineConfig,
     *,
     chunk_slices: int = PREPROCESS_CHUNK_SLICES,
 ) -> Arrays:
-    """Network inputs, lung mask and pixel area of the selected HU slices ``[K, H, W]``.
-
-    Every operation is per slice, so the slices are processed ``chunk_slices`` at a time:
-    the same numbers as one pass over ``[K, H, W]``, but each chunk's intermediates stay
-    in cache (measured on one core, 205 slices of 512 x 512: 579 ms in one pass, 433 ms
-    in chunks of 8).
-    """
+    """3-D lung mask, assessment, lung selection and network inputs of one series."""
     if config.segmenter_input.lung_crop:
         raise ConfigError(
-            "segmenter_input.lung_crop=True is not supported by the ensemble: LUNG_MASK and "
-            "PIXEL_AREA_MM2 must cover whole slices; expected lung_crop=False for the segmenter"
+            "segmenter_input.lung_crop=True is not supported by the ensemble: the infection "
+            "mask must cover whole slices; expected lung_crop=False for the segmenter"
         )
     if chunk_slices < 1:
         raise ConfigError(f"preprocess chunk_slices must be >= 1; got {chunk_slices}")
-    hu = validate_hu_volume(selected_hu, "SELECTED_HU", max_slices=config.reader.max_slices)
-    spacing = validate_spacing(spacing_mm, "SPACING_MM")
-    chunks = [
-        _prepare_slices(hu[start : start + chunk_slices], config)
-        for start in range(0, hu.shape[0], chunk_slices)
-    ]
-    _, h, w = hu.shape
-    size = int(config.segmenter_input.size)
+    hu = validate_hu_volume(hu_volume, T.HU_VOLUME, max_slices=config.reader.max_slices)
+    spacing = validate_spacing(spacing_mm, T.SPACING_MM)
+    spacing_tuple = tuple(float(s) for s in spacing)
+    segmentation = segment_lungs(hu, spacing_tuple, config.lung_segmentation)
+    assessment = assess(segmentation, hu, spacing_tuple, config.assessment)
+    lung_slices = np.asarray(segmentation.lung_slices, dtype=np.int32)
+    selected = selected_slices(hu, segmentation.lung_area_mm2, config)
+    classifier_input, segmenter_input = network_inputs_of(hu, selected, lung_slices, config, chunk_slices)
     return {
-        **{name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]},
-        "PIXEL_AREA_MM2": np.array([pixel_area_at(spacing, h, w, size)], dtype=np.float32),
+        T.CLASSIFIER_INPUT: classifier_input,
+        T.SEGMENTER_INPUT: segmenter_input,
+        T.SELECTED_INDICES: selected,
+        T.LUNG_SLICES: lung_slices,
+        T.LUNG_MASK: np.ascontiguousarray(segmentation.labels[lung_slices], dtype=np.uint8),
+        T.MASK_SPACING_MM: np.asarray(segmentation.spacing_mm, dtype=np.float32),
+        T.ASSESSMENT: np.array([assessment_json(assessment)], dtype=np.object_),
     }
 
 
-def _prepare_slices(hu: np.ndarray, config: PipelineConfig) -> Arrays:
-    """Network inputs and lung mask of a few HU slices (the per-slice part of preprocess_step)."""
-    # The lung mask is always needed (LUNG_MASK); compute both masks, and the windowed
-    # slices, once for both networks.
-    masks = lung_and_infection_masks(hu, config.masks)
-    windowed = window_normalize(hu, config.window)
-    size = int(config.segmenter_input.size)
-    return {
-        "CLASSIFIER_INPUT": classifier_inputs(
-            hu, config, masks if needs_masks(config.classifier_input) else None, windowed
-        ),
-        "SEGMENTER_INPUT": segmenter_inputs(
-            hu, config, masks if needs_masks(config.segmenter_input) else None, windowed
-        ),
-        "LUNG_MASK": resize_nearest(masks[0], (size, size)).astype(np.uint8),
-    }
+def _read_assessment(tensor: np.ndarray) -> dict:
+    values = np.asarray(tensor, dtype=np.object_).reshape(-1)
+    if values.size != 1:
+        raise TensorInputError(f"{T.ASSESSMENT}: got {values.size} elements; expected one JSON document")
+    raw = values[0]
+    try:
+        document = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TensorInputError(f"{T.ASSESSMENT}: not UTF-8 JSON ({exc})") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("reasons"), list):
+        raise TensorInputError(f"{T.ASSESSMENT}: expected a JSON object with a 'reasons' list")
+    return document
+
+
+def whole_lung_figures(
+    lung_mask: np.ndarray, infected: np.ndarray, mask_spacing_mm: np.ndarray
+) -> tuple[float, float]:
+    """``(lung volume ml, lesion burden %)`` of the lung-bearing slices' masks ``[L, m, m]``."""
+    lung = lung_mask != 0
+    voxels = int(np.count_nonzero(lung))
+    volume_ml = voxels * float(np.prod(mask_spacing_mm.astype(np.float64))) / 1000.0
+    burden = 100.0 * np.count_nonzero(infected & lung) / voxels if voxels else 0.0
+    return volume_ml, burden
 
 
 def vote_step(
     probability: np.ndarray,
-    selected_indices: np.ndarray,
-    lung_mask: np.ndarray,
     infection_probability: np.ndarray,
-    pixel_area_mm2: np.ndarray,
-    spacing_mm: np.ndarray,
+    lung_mask: np.ndarray,
+    mask_spacing_mm: np.ndarray,
+    assessment: np.ndarray,
     config: PipelineConfig,
     model_versions: Sequence[str] = (),
+    model_card: str = "{}",
 ) -> Arrays:
-    """Patient verdict, lesion burden and lung volume (see module docstring for the tensors)."""
-    prob = check_tensor(probability, "PROBABILITY", np.float32, (None, 1))
-    indices = check_tensor(selected_indices, "SELECTED_INDICES", np.int32, (None,))
-    lung = check_tensor(lung_mask, "LUNG_MASK", np.uint8, (None, None, None))
-    infection = check_tensor(infection_probability, "INFECTION_PROBABILITY", np.float32, (None, 1, None, None))
-    area = check_tensor(pixel_area_mm2, "PIXEL_AREA_MM2", np.float32, (1,))
-    spacing = validate_spacing(spacing_mm, "SPACING_MM")
-    validate_slice_counts(
-        {"PROBABILITY": prob, "SELECTED_INDICES": indices, "LUNG_MASK": lung, "INFECTION_PROBABILITY": infection}
-    )
-    if infection.shape[2:] != lung.shape[1:]:
-        raise TensorInputError(
-            f"INFECTION_PROBABILITY: got slices {list(infection.shape[2:])}; expected "
-            f"{list(lung.shape[1:])} like LUNG_MASK (the segmenter size)"
-        )
-    if not (np.isfinite(area[0]) and area[0] > 0):
-        raise TensorInputError(f"PIXEL_AREA_MM2: got {area.tolist()}; expected one finite area > 0 mm^2")
-    validate_probabilities(prob, "PROBABILITY")
-    validate_probabilities(infection, "INFECTION_PROBABILITY")
-    vote = patient_vote(prob[:, 0], config.vote)
-    lung_bool = lung != 0
-    infected = infection[:, 0] >= INFECTION_PROBABILITY_THRESHOLD
+    """The answer, whole-lung volume and burden, infection mask (see module docstring)."""
+    prob = check_tensor(probability, T.PROBABILITY, np.float32, (None, 1))
+    infection = check_tensor(infection_probability, T.INFECTION_PROBABILITY, np.float32, (None, 1, None, None))
+    lung = check_tensor(lung_mask, T.LUNG_MASK, np.uint8, (None, None, None))
+    spacing = check_tensor(mask_spacing_mm, T.MASK_SPACING_MM, np.float32, (3,))
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise TensorInputError(f"{T.MASK_SPACING_MM}: got {spacing.tolist()}; expected three finite spacings > 0 mm")
+    if infection.shape[0] != lung.shape[0]:
+        validate_slice_counts({T.INFECTION_PROBABILITY: infection, T.LUNG_MASK: lung})
+    validate_probabilities(prob, T.PROBABILITY)
+    validate_probabilities(infection, T.INFECTION_PROBABILITY)
+    document = _read_assessment(assessment)
+    m_h, m_w = lung.shape[1:]
+    if infection.shape[0]:
+        infected = resize_nearest(infection[:, 0] >= config.vote.infection_threshold, (m_h, m_w))
+    else:
+        infected = np.zeros(lung.shape, bool)
+    volume_ml, burden = whole_lung_figures(lung, infected, spacing)
+    n_selected = prob.shape[0]
+    if n_selected == 0 and not document["reasons"]:
+        reason = Reason("too_few_lung_slices", "No slice holds enough lung for the classifier; expected at least one.")
+        document["reasons"].append({"code": reason.code, "message": reason.message})
+    document["assessable"] = not document["reasons"]
+    if n_selected:
+        vote = patient_vote(prob[:, 0], config.vote)
+        positive_fraction, positive = vote.positive_fraction, vote.positive
+    else:
+        positive_fraction, positive = 0.0, False
+    if not document["assessable"]:
+        verdict = T.VERDICT_NOT_ASSESSABLE
+    else:
+        verdict = T.VERDICT_POSITIVE if positive else T.VERDICT_NEGATIVE
     return {
-        "VERDICT": np.array([1 if vote.positive else 0], dtype=np.int32),
-        "POSITIVE_FRACTION": np.array([vote.positive_fraction], dtype=np.float32),
-        "VOTE_THRESHOLD": np.array([vote.threshold], dtype=np.float32),
-        "SLICE_PROBABILITIES": prob[:, 0].astype(np.float32),
-        "SELECTED_INDICES": indices.astype(np.int32, copy=True),
-        "LESION_BURDEN_PCT": np.array([lesion_burden_percent(infected, lung_bool)], dtype=np.float32),
-        "LUNG_VOLUME_ML": np.array(
-            [lung_volume_ml(lung_bool, float(area[0]), float(spacing[0]))], dtype=np.float32
-        ),
-        "MODEL_VERSIONS": np.array([str(v).encode("utf-8") for v in model_versions], dtype=np.object_),
+        T.VERDICT: np.array([verdict], dtype=np.int32),
+        T.ASSESSMENT: np.array([json.dumps(document, sort_keys=True).encode("utf-8")], dtype=np.object_),
+        T.POSITIVE_FRACTION: np.array([positive_fraction], dtype=np.float32),
+        T.VOTE_THRESHOLD: np.array([config.vote.positive_fraction], dtype=np.float32),
+        T.SLICE_PROBABILITIES: prob[:, 0].astype(np.float32),
+        T.INFECTION_MASK: (infected & (lung != 0)).astype(np.uint8),
+        T.LESION_BURDEN_PCT: np.array([burden], dtype=np.float32),
+        T.LUNG_VOLUME_ML: np.array([volume_ml], dtype=np.float32),
+        T.MODEL_VERSIONS: np.array([str(v).encode("utf-8") for v in model_versions], dtype=np.object_),
+        T.MODEL_CARD: np.array([model_card.encode("utf-8")], dtype=np.object_),
     }
 
 
@@ -181,32 +233,40 @@ def run_pipeline_reference(
     segment: Callable[[np.ndarray], np.ndarray],
     config: PipelineConfig,
     model_versions: Sequence[str] = (),
+    model_card: str = "{}",
 ) -> Arrays:
     """The ensemble's outputs for ``volume`` computed in-process (no Triton).
 
     Args:
         volume: the series (int16 HU ``[N, H, W]``, spacing in mm).
         classify: ``CLASSIFIER_INPUT`` float32 ``[K, C, S, S]`` -> probabilities ``[K, 1]``.
-        segment: ``SEGMENTER_INPUT`` float32 ``[K, C, S, S]`` -> infection probabilities
-            ``[K, 1, S, S]``.
+        segment: ``SEGMENTER_INPUT`` float32 ``[L, C, S, S]`` -> infection probabilities
+            ``[L, 1, S, S]``.
         config: the pipeline config shared with the models.
-        model_versions: strings reported as ``MODEL_VERSIONS``.
+        model_versions, model_card: reported as ``MODEL_VERSIONS`` / ``MODEL_CARD``.
 
     Returns:
-        The ensemble outputs (``VERDICT`` ... ``MODEL_VERSIONS``), dtypes as served.
+        Every output of :data:`covidct.serving.tensors.ENSEMBLE_OUTPUTS`, dtypes as served.
     """
-    selected = lung_select_step(volume.hu, config)
     spacing = np.asarray(volume.spacing_mm, dtype=np.float32)
-    prepared = preprocess_step(selected["SELECTED_HU"], spacing, config)
-    probability = np.asarray(classify(prepared["CLASSIFIER_INPUT"]), dtype=np.float32)
-    infection = np.asarray(segment(prepared["SEGMENTER_INPUT"]), dtype=np.float32)
-    return vote_step(
-        probability,
-        selected["SELECTED_INDICES"],
-        prepared["LUNG_MASK"],
-        infection,
-        prepared["PIXEL_AREA_MM2"],
-        spacing,
+    prepared = preprocess_step(volume.hu, spacing, config)
+
+    def run(network: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+        if inputs.shape[0] == 0:
+            return np.zeros((0, *tail), np.float32)
+        return np.asarray(network(inputs), dtype=np.float32)
+
+    seg_size = int(config.segmenter_input.size)
+    answer = vote_step(
+        run(classify, prepared[T.CLASSIFIER_INPUT], (1,)),
+        run(segment, prepared[T.SEGMENTER_INPUT], (1, seg_size, seg_size)),
+        prepared[T.LUNG_MASK],
+        prepared[T.MASK_SPACING_MM],
+        prepared[T.ASSESSMENT],
         config,
         model_versions,
+        model_card,
     )
+    passed = (T.SELECTED_INDICES, T.LUNG_SLICES, T.LUNG_MASK, T.MASK_SPACING_MM)
+    outputs = {**answer, **{name: prepared[name] for name in passed}}
+    return {name: outputs[name] for name in T.ENSEMBLE_OUTPUTS}

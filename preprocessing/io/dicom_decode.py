@@ -29,8 +29,10 @@ import numpy as np
 import pydicom
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from covidct.errors import ConfigError, PixelDecodeError
+from covidct.errors import ConfigError, PixelDecodeError, ResourceLimitError
+from preprocessing.config import ReaderConfig
 from preprocessing.io.dicom_scan import PIXEL_DATA_TAG, quiet_pydicom
+from preprocessing.io.limits import read_zip_member
 from preprocessing.io.reader_checks import clip_to_int16
 
 #: Below this many slices per worker, the pool's start-up costs more than it saves.
@@ -42,7 +44,8 @@ CHUNKS_PER_WORKER = 4
 @dataclass(frozen=True)
 class DecodeTask:
     """One slice to decode: file ``path`` (or zip ``path`` + ``member``), expected
-    ``rows`` x ``columns`` and the HU rescale read from its header."""
+    ``rows`` x ``columns``, the HU rescale read from its header and the most bytes a zip
+    member may inflate to."""
 
     display: str
     path: str
@@ -51,6 +54,7 @@ class DecodeTask:
     columns: int
     slope: float
     intercept: float
+    max_bytes: int = ReaderConfig.max_file_bytes
 
 
 def resolve_workers(decode_workers: int, num_slices: int) -> int:
@@ -112,16 +116,18 @@ def decode_chunk(tasks: Sequence[DecodeTask]) -> np.ndarray:
 def decode_slice(task: DecodeTask, archive: zipfile.ZipFile | None = None) -> np.ndarray:
     """One slice's HU int16 ``[H, W]``; :class:`PixelDecodeError` names file and tag."""
     try:
-        source = task.path if archive is None else io.BytesIO(archive.read(task.member or ""))
+        source: str | io.BytesIO = task.path  # a zip member is inflated in bounded chunks
+        if archive is not None:
+            source = io.BytesIO(read_zip_member(archive, task.member or "", task.max_bytes, task.display))
         with quiet_pydicom():
             ds = pydicom.dcmread(source, force=True)  # the scan accepted it as DICOM
             if "TransferSyntaxUID" not in ds.file_meta:  # raw data set without file meta
                 ds.file_meta.TransferSyntaxUID = _syntax_of(*ds.original_encoding)
             syntax = ds.file_meta.TransferSyntaxUID
             stored = ds.pixel_array
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, ResourceLimitError, PixelDecodeError):
         raise
-    except BaseException as exc:  # noqa: BLE001 - any decoder failure, including the
+    except BaseException as exc:  # any decoder failure, including the
         # Rust plugins' PanicException (a BaseException), is a decode error
         raise PixelDecodeError(
             f"{task.display}: cannot decode Pixel Data {PIXEL_DATA_TAG} "

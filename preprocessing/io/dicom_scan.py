@@ -1,11 +1,13 @@
-"""List the files of a DICOM folder or zip and read their headers (no pixel data).
+"""Read the headers of a DICOM folder's or zip's files (no pixel data) and classify them.
 
-Every file is read with ``stop_before_pixels=True`` and classified: a slice candidate
-(:class:`SliceHeader`) or a skipped file (:class:`SkippedFile`, with its reason). Files
-are never opened outside the given root: symlinks that resolve outside a folder are
-skipped, and a zip entry that would land outside the archive's root (``../x``, absolute
-paths, drive letters) rejects the whole archive. Zip members are read in memory; nothing
-is extracted.
+The files come from :mod:`preprocessing.io.input_files` (listing, special files, zip
+limits; its names are re-exported here). Every file is read up to its Pixel Data and
+classified: a slice candidate (:class:`SliceHeader`) or a skipped file
+(:class:`SkippedFile`, with its reason). Zip members are read in memory; nothing is
+extracted. A header parse stops after :data:`MAX_HEADER_ELEMENTS` top-level elements or
+at an element longer than its file, data without the 'DICM' prefix is parsed only when it
+starts like a data set, and the Deflated transfer syntax (inflated whole, without a
+bound) is skipped.
 
 Grouping, the choice of one series and the geometry checks live in
 :mod:`preprocessing.io.dicom_series`.
@@ -13,24 +15,41 @@ Grouping, the choice of one series and the geometry checks live in
 
 from __future__ import annotations
 
-import logging
-import os
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import pydicom
 import pydicom.config
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from covidct.errors import UnsafeArchivePathError, UnsupportedFormatError, dicom_tag
-
-logger = logging.getLogger(__name__)
+from covidct.errors import dicom_tag
+from preprocessing.config import ReaderConfig
+from preprocessing.io.dicom_identity import Identity, identity_of
+from preprocessing.io.input_files import (  # noqa: F401 - re-exported for dicom_series and callers
+    LOCALIZER,
+    MODALITY,
+    NON_AXIAL,
+    NON_IMAGE,
+    NOT_DICOM,
+    OTHER_SERIES,
+    SPECIAL,
+    TOO_LARGE,
+    UNSUPPORTED,
+    FileRef,
+    SkippedFile,
+    list_folder,
+    list_zip,
+    open_regular,
+    safe_member_name,
+    skip_file,
+    special_file_kind,
+)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
@@ -38,42 +57,17 @@ LOCALIZER_IMAGE_TYPES = ("LOCALIZER", "SCOUT")
 PIXEL_DATA_TAG = dicom_tag(0x7FE0, 0x0010)
 _PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_DATA_BE = b"\x7f\xe0\x00\x10"
+#: Pixel Data, Float and Double Float Pixel Data: the header scan stops before them.
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: Top-level data elements read before the header scan gives up (real CT: a few hundred).
+MAX_HEADER_ELEMENTS = 10_000
+#: Groups a DICOM data set without the 'DICM' preamble may start with (file meta, identifying).
+_RAW_FIRST_GROUPS = (0x0002, 0x0008)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Bytes searched for the Deflated transfer syntax UID in the file meta group.
+_META_SEARCH_BYTES = 4096
 #: |z component| of the slice normal above which a slice counts as axial (45 degrees).
 AXIAL_MIN_NORMAL_Z = 0.7071
-
-# Skip kinds (SkippedFile.kind); dicom_series maps them to the error raised when no
-# series is left.
-NOT_DICOM, NON_IMAGE, MODALITY, UNSUPPORTED, LOCALIZER, NON_AXIAL, OTHER_SERIES = (
-    "not_dicom", "non_image", "modality", "unsupported", "localizer", "non_axial", "other_series",
-)
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """One file of the input: ``name`` is its POSIX path relative to the input root.
-
-    ``path`` is the file on disk (folder input) or the zip archive; ``member`` the raw
-    zip entry name (``None`` for folder input).
-    """
-
-    name: str
-    path: str
-    member: str | None = None
-
-    @property
-    def display(self) -> str:
-        """How messages name the file: the path, or ``archive.zip::member``."""
-        return f"{self.path}::{self.member}" if self.member is not None else self.path
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file left out of the volume, with a human-readable reason."""
-
-    name: str
-    reason: str
-    kind: str
-
 
 @dataclass(frozen=True)
 class SliceHeader:
@@ -95,61 +89,12 @@ class SliceHeader:
     intercept: float | None  # (0028,1052), HU
     slope: float | None  # (0028,1053)
     has_pixel_data: bool
+    identity: Identity = field(repr=False)  # sha256 digests only, see dicom_identity
 
 
-def list_folder(root: Path) -> tuple[list[FileRef], list[SkippedFile]]:
-    """All regular files under ``root`` (recursive, sorted), never leaving it.
-
-    Symlinked folders are not entered; a symlinked file is kept only when it resolves
-    inside ``root``.
-    """
-    real_root = root.resolve()
-    refs: list[FileRef] = []
-    skipped: list[SkippedFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for fname in sorted(filenames):
-            path = Path(dirpath) / fname
-            rel = path.relative_to(root).as_posix()
-            target = path.resolve()
-            if not target.is_relative_to(real_root):
-                reason = f"symlink resolves outside {root}; not followed"
-                skip_file(skipped, rel, reason, UNSUPPORTED)
-            elif not target.is_file():
-                skip_file(skipped, rel, "not a regular file", UNSUPPORTED)
-            else:
-                refs.append(FileRef(rel, str(path)))
-    return refs, skipped
-
-
-def safe_member_name(archive: Path, member: str) -> str:
-    """The member's POSIX path inside the archive, or :class:`UnsafeArchivePathError`."""
-    name = member.replace("\\", "/")
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
-        raise UnsafeArchivePathError(
-            f"{archive}: zip entry {member!r} points outside the archive's root; "
-            "expected a relative path without '..'"
-        )
-    return "/".join(p for p in parts if p != ".")
-
-
-def list_zip(archive: Path) -> list[FileRef]:
-    """All file entries of a zip archive (sorted), after checking every entry's path."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UnsupportedFormatError(f"{archive}: not a readable zip archive ({exc})") from exc
-    refs = [
-        FileRef(safe_member_name(archive, info.filename), str(archive), info.filename)
-        for info in infos
-        if not info.is_dir()
-    ]
-    return sorted(refs, key=lambda r: r.name)
-
-
-def read_headers(refs: list[FileRef], skipped: list[SkippedFile]) -> list[SliceHeader]:
+def read_headers(
+    refs: list[FileRef], skipped: list[SkippedFile], config: ReaderConfig = ReaderConfig()
+) -> list[SliceHeader]:
     """Read and classify every file; skipped files are appended to ``skipped`` and logged."""
     headers: list[SliceHeader] = []
     with ExitStack() as stack:
@@ -158,12 +103,19 @@ def read_headers(refs: list[FileRef], skipped: list[SkippedFile]) -> list[SliceH
             archive = stack.enter_context(zipfile.ZipFile(refs[0].path))
         for ref in refs:
             try:
-                fp = archive.open(ref.member or "") if archive else open(ref.path, "rb")
-            except (zipfile.BadZipFile, RuntimeError, OSError) as exc:  # encrypted, no access
-                skip_file(skipped, ref.name, f"cannot be opened ({exc})", NOT_DICOM)
+                if archive is not None:
+                    fp, size = archive.open(ref.member or ""), archive.getinfo(ref.member or "").file_size
+                else:
+                    opened = open_regular(ref, config)
+                    if isinstance(opened, SkippedFile):
+                        skip_file(skipped, opened.name, opened.reason, opened.kind)
+                        continue
+                    fp, size = opened
+            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+                skip_file(skipped, ref.name, f"cannot be opened ({exc})", NOT_DICOM)  # encrypted, no access
                 continue
             with fp:
-                result = classify_file(ref, fp)
+                result = classify_file(ref, fp, size)
             if isinstance(result, SkippedFile):
                 skip_file(skipped, result.name, result.reason, result.kind)
             else:
@@ -171,9 +123,18 @@ def read_headers(refs: list[FileRef], skipped: list[SkippedFile]) -> list[SliceH
     return headers
 
 
-def classify_file(ref: FileRef, fp: BinaryIO) -> SliceHeader | SkippedFile:
-    """Read one file's header and decide whether it is an axial CT image slice."""
-    ds, has_pixels, problem = _read_header(fp)
+def classify_file(ref: FileRef, fp: BinaryIO, size: int | None = None) -> SliceHeader | SkippedFile:
+    """Read one file's header (``size``: its length in bytes, when known) and decide
+    whether it is an axial CT image slice."""
+    if DeflatedExplicitVRLittleEndian.encode() in fp.read(_META_SEARCH_BYTES):
+        return SkippedFile(
+            ref.name,
+            f"transfer syntax {DeflatedExplicitVRLittleEndian.name!r} {dicom_tag(0x0002, 0x0010)} is not "
+            "read: the data set inflates as a whole, without a size bound",
+            UNSUPPORTED,
+        )
+    fp.seek(0)
+    ds, has_pixels, problem = _read_header(fp, size)
     if ds is None:
         return SkippedFile(ref.name, problem, NOT_DICOM)
     with quiet_pydicom():  # values are validated lazily, on access
@@ -189,18 +150,56 @@ def quiet_pydicom() -> Iterator[None]:
         yield
 
 
-def _read_header(fp: BinaryIO) -> tuple[pydicom.Dataset | None, bool, str]:
+class _HeaderLimitError(Exception):
+    """A header parse stopped by :func:`_header_guard`."""
+
+
+def _header_guard(size: int | None) -> Callable[[int, str | None, int], bool]:
+    """pydicom ``stop_when`` callback: stop at Pixel Data; raise after
+    :data:`MAX_HEADER_ELEMENTS` elements or at an element longer than the file."""
+    count = 0
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal count
+        if tag in _PIXEL_TAGS:
+            return True
+        count += 1
+        if count > MAX_HEADER_ELEMENTS:
+            raise _HeaderLimitError(f"more than {MAX_HEADER_ELEMENTS} data elements before Pixel Data")
+        if size is not None and length != _UNDEFINED_LENGTH and length > size:
+            raise _HeaderLimitError(
+                f"data element {dicom_tag(tag >> 16, tag & 0xFFFF)} declares {length} bytes; the file has {size}"
+            )
+        return False
+
+    return stop
+
+
+def _starts_like_a_data_set(head: bytes) -> bool:
+    """Whether bytes 0-1 hold the group of a data set's first element (either byte order)."""
+    return len(head) >= 2 and any(
+        int.from_bytes(head[:2], order) in _RAW_FIRST_GROUPS for order in ("little", "big")
+    )
+
+
+def _read_header(fp: BinaryIO, size: int | None = None) -> tuple[pydicom.Dataset | None, bool, str]:
     """(dataset, pixel data follows, problem); the dataset is ``None`` for non-DICOM."""
-    if not fp.read(1):
+    head = fp.read(4)
+    if not head:
         return None, False, "empty file (0 bytes); expected a DICOM file"
     with quiet_pydicom():
         try:
             fp.seek(0)
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            ds = read_partial(fp, stop_when=_header_guard(size))
         except InvalidDicomError:
+            if not _starts_like_a_data_set(head):
+                return None, False, (
+                    "not DICOM: no 'DICM' prefix at byte 128 and no data element of group 0002/0008 "
+                    f"(SOP Class UID {dicom_tag(0x0008, 0x0016)}) at byte 0; expected a DICOM file"
+                )
             try:  # DICOM without the 128-byte preamble and 'DICM' prefix
                 fp.seek(0)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+                ds = read_partial(fp, stop_when=_header_guard(size), force=True)
             except Exception as exc:  # noqa: BLE001 - anything unparsable is "not DICOM"
                 return None, False, (
                     f"not DICOM: no 'DICM' prefix and unparsable ({exc}); expected a DICOM file"
@@ -220,8 +219,6 @@ def _read_header(fp: BinaryIO) -> tuple[pydicom.Dataset | None, bool, str]:
 
 def _pixel_data_follows(fp: BinaryIO, ds: pydicom.Dataset) -> bool:
     """Whether (7FE0,0010) comes next: stop_before_pixels leaves the file just before it."""
-    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return True  # inflated in memory; the decode step tells
     tag = fp.read(4)
     return tag == (_PIXEL_DATA_LE if ds.original_encoding[1] in (True, None) else _PIXEL_DATA_BE)
 
@@ -289,13 +286,8 @@ def _classify_dataset(
         intercept=_float(ds, "RescaleIntercept"),
         slope=_float(ds, "RescaleSlope"),
         has_pixel_data=has_pixels,
+        identity=identity_of(ds),
     )
-
-
-def skip_file(skipped: list[SkippedFile], name: str, reason: str, kind: str) -> None:
-    """Record a skipped file with its reason and log it (INFO)."""
-    logger.info("skipping %s: %s", name, reason)
-    skipped.append(SkippedFile(name, reason, kind))
 
 
 def _as_list(value: object) -> list:

@@ -1,7 +1,8 @@
 """Group scanned DICOM slices into series, pick one, and validate its geometry.
 
-Works on headers only (:mod:`preprocessing.io.dicom_scan`), so every check (slice count,
-geometry, rescale, positions) happens before a single pixel is decoded.
+Works on headers only (:mod:`preprocessing.io.dicom_scan`), so every check (one patient
+and study, slice count, matrix size and memory budget, rescale, geometry, spacing,
+positions) happens before a single pixel is decoded.
 
 Slices are sorted by patient position: Image Position (Patient) (0020,0032) projected
 onto the slice normal of Image Orientation (Patient) (0020,0037); where a slice lacks
@@ -25,6 +26,7 @@ from covidct.errors import (
     ModalityError,
     NotDicomError,
     RescaleMissingError,
+    ResourceLimitError,
     SeriesReadError,
     SliceGapError,
     UnsupportedFormatError,
@@ -32,8 +34,10 @@ from covidct.errors import (
 )
 from preprocessing.io import dicom_scan as scan
 from preprocessing.config import ReaderConfig
+from preprocessing.io.dicom_identity import check_one_patient
 from preprocessing.io.dicom_scan import FileRef, SkippedFile, SliceHeader
-from preprocessing.io.reader_checks import check_slice_count
+from preprocessing.io.limits import check_matrix, check_volume_bytes
+from preprocessing.io.reader_checks import check_pixel_spacing, check_rescale, check_slice_count, check_slice_spacing
 from preprocessing.volume import make_series_key
 
 SERIES_RULES = ("most_slices", "thinnest")
@@ -42,6 +46,9 @@ DUPLICATE_TOLERANCE_MM = 0.01
 #: Largest allowed difference between direction cosines of slices of one series.
 ORIENTATION_TOLERANCE = 1e-3
 IPP = dicom_tag(0x0020, 0x0032)
+ROWS = dicom_tag(0x0028, 0x0010)
+COLUMNS = dicom_tag(0x0028, 0x0011)
+PIXEL_SPACING = dicom_tag(0x0028, 0x0030)
 IOP = dicom_tag(0x0020, 0x0037)
 SLICE_LOCATION = dicom_tag(0x0020, 0x1041)
 
@@ -85,22 +92,23 @@ def scan_dicom(source: Path, config: ReaderConfig = ReaderConfig()) -> ScanRepor
         )
     skipped: list[SkippedFile] = []
     if source.is_dir():
-        refs, skipped = scan.list_folder(source)
+        refs, skipped = scan.list_folder(source, config)
         fmt = "dicom"
     elif source.suffix.lower() == ".zip":
-        refs, fmt = scan.list_zip(source), "dicom-zip"
+        refs, fmt = scan.list_zip(source, config), "dicom-zip"
     else:
         refs, fmt = [FileRef(source.name, str(source))], "dicom"
-    if not refs:
+    if not refs and not skipped:
         raise EmptySeriesError(
             f"{source}: holds no file; expected the DICOM files of one CT series"
         )
-    headers = scan.read_headers(refs, skipped)
+    headers = scan.read_headers(refs, skipped, config)
     groups: dict[str, list[SliceHeader]] = {}
     for header in headers:
         groups.setdefault(header.series_uid, []).append(header)
     if not groups:
         raise _nothing_left_error(source, refs, skipped)
+    check_one_patient(str(source), [(h.ref.display, h.identity) for h in headers])
     uid = _pick_series(groups, config.series_rule)
     for other_uid, members in groups.items():
         if other_uid != uid:
@@ -138,9 +146,14 @@ def _nothing_left_error(
     by_kind: dict[str, SkippedFile] = {}
     for s in skipped:
         by_kind.setdefault(s.kind, s)
-    if set(by_kind) == {scan.NOT_DICOM}:
-        first = by_kind[scan.NOT_DICOM]
-        where = f"{source}" if len(refs) == 1 else f"{source}: no DICOM file; e.g. {first.name}"
+    if scan.TOO_LARGE in by_kind:
+        example = by_kind[scan.TOO_LARGE]
+        return ResourceLimitError(f"{source}: no CT image left; e.g. {example.name}: {example.reason}")
+    if by_kind and set(by_kind) <= {scan.NOT_DICOM, scan.SPECIAL}:
+        first = skipped[0]
+        where = f"{source}" if len(refs) == 1 and not by_kind.get(scan.SPECIAL) else (
+            f"{source}: no DICOM file; e.g. {first.name}"
+        )
         return NotDicomError(f"{where}: {first.reason}")
     for kind, error in (
         (scan.MODALITY, ModalityError),
@@ -209,8 +222,15 @@ def _normal(orientation: tuple[float, ...]) -> np.ndarray:
 def _sorted_positions(
     members: list[SliceHeader], config: ReaderConfig
 ) -> tuple[list[SliceHeader], np.ndarray, str]:
-    """Check the count, then sort by position: (sorted headers, positions mm, tag used)."""
+    """Check the count, matrix and memory budget, then sort by position: (sorted headers,
+    positions mm, tag used)."""
     check_slice_count(members[0].ref.display, len(members), config)
+    for h in members:
+        check_matrix(h.ref.display, h.rows, h.columns, config, f"Rows {ROWS} x Columns {COLUMNS}")
+    first = members[0]
+    check_volume_bytes(
+        f"{first.ref.display} and {len(members) - 1} more", (len(members), first.rows, first.columns), config
+    )
     reference = members[0].orientation
     if all(h.position is not None and h.orientation is not None for h in members):
         tag = IPP
@@ -250,6 +270,7 @@ def _validate(
                 f"{h.ref.display}: {missing} missing or not numeric; expected numbers "
                 "(HU = stored * slope + intercept)"
             )
+        check_rescale(h.ref.display, h.slope, h.intercept)
         if (h.rows, h.columns) != (first.rows, first.columns):
             raise GeometryMismatchError(
                 f"{h.ref.display}: Rows {dicom_tag(0x0028, 0x0010)} x Columns "
@@ -264,13 +285,17 @@ def _validate(
                 f"{h.ref.display}: Image Orientation {IOP} {list(h.orientation or ())}; expected "
                 f"{list(first.orientation or ())} like {first.ref.display}"
             )
-        spacing = h.pixel_spacing
-        if spacing is None or min(spacing) <= 0 or spacing != first.pixel_spacing:
+        check_pixel_spacing(h.ref.display, f"Pixel Spacing {PIXEL_SPACING}", h.pixel_spacing, config)
+        if h.pixel_spacing != first.pixel_spacing:
             raise GeometryMismatchError(
-                f"{h.ref.display}: Pixel Spacing {dicom_tag(0x0028, 0x0030)} is "
-                f"{spacing}; expected two positive mm values equal on all slices "
-                f"({first.pixel_spacing} on {first.ref.display})"
+                f"{h.ref.display}: Pixel Spacing {PIXEL_SPACING} is {list(h.pixel_spacing or ())} mm; "
+                f"expected it equal on all slices ({list(first.pixel_spacing or ())} on {first.ref.display})"
             )
+    if not np.isfinite(positions).all():
+        bad = ordered[int(np.flatnonzero(~np.isfinite(positions))[0])]
+        raise GeometryMismatchError(
+            f"{bad.ref.display}: slice position ({tag}) is not a finite number; expected mm values"
+        )
     diffs = np.diff(positions)
     dup = np.flatnonzero(diffs < DUPLICATE_TOLERANCE_MM)
     if dup.size:
@@ -280,6 +305,10 @@ def _validate(
             "expected one slice per position"
         )
     z = float(np.median(diffs))
+    check_slice_spacing(
+        f"{first.ref.display} and {len(ordered) - 1} more", f"the median distance between slice positions {tag}",
+        z, config,
+    )
     limit = (1.0 + config.gap_tolerance) * z
     gap = np.flatnonzero(diffs > limit)
     if gap.size:

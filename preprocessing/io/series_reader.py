@@ -104,6 +104,7 @@ def read_dicom_series(
             columns=int(h.columns or 0),
             slope=float(h.slope),  # type: ignore[arg-type]  # validated by the scan
             intercept=float(h.intercept),  # type: ignore[arg-type]
+            max_bytes=config.max_file_bytes,
         )
         for h in report.slices
     ]

@@ -3,8 +3,9 @@
 The anatomy is defined in normalised coordinates: in-plane positions and sizes are
 fractions of the slice size ``S`` (so a 64 or a 512 slice shows the same patient), and
 the cranio-caudal position is ``t = i / (N - 1)`` (slice ``i`` of ``N``; index 0 is the
-most inferior slice, as after sorting DICOM positions ascending). ``spacing_mm`` is only
-metadata of the volume. Display convention: row 0 is anterior, column 0 the patient's
+most inferior slice, as after sorting DICOM positions ascending). The volume's spacing
+sets the size in mm (see :mod:`preprocessing.synthetic.phantom` for the default adult
+geometry: 360 mm field of view, 310 mm scan). Display convention: row 0 is anterior, column 0 the patient's
 right.
 
 Structures (HU): air -1000 outside the body; subcutaneous fat ``fat_hu`` (-100);
@@ -148,20 +149,20 @@ def draw_geometry(rng: np.random.Generator, config: PhantomConfig) -> Geometry:
     )
 
 
-def _ellipse(rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, ay: float, ax: float) -> np.ndarray:
+def ellipse_mask(rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, ay: float, ax: float) -> np.ndarray:
     """bool ``[len(rows), len(cols)]``: pixel centres inside the ellipse (pixels)."""
     return (((rows - cy) / ay) ** 2)[:, None] + (((cols - cx) / ax) ** 2)[None, :] < 1.0
 
 
-def _disc(image: np.ndarray, cy: float, cx: float, r: float, value: float,
-          where: np.ndarray | None = None) -> None:
+def draw_disc(image: np.ndarray, cy: float, cx: float, r: float, value: float,
+              where: np.ndarray | None = None) -> None:
     """Set a disc (centre/radius in pixels) of ``image`` to ``value`` (optionally masked)."""
     h, w = image.shape
     r0, r1 = max(0, int(cy - r - 1)), min(h, int(cy + r + 2))
     c0, c1 = max(0, int(cx - r - 1)), min(w, int(cx + r + 2))
     if r0 >= r1 or c0 >= c1:
         return
-    inside = _ellipse(np.arange(r0, r1) + 0.0, np.arange(c0, c1) + 0.0, cy, cx, max(r, 0.5), max(r, 0.5))
+    inside = ellipse_mask(np.arange(r0, r1) + 0.0, np.arange(c0, c1) + 0.0, cy, cx, max(r, 0.5), max(r, 0.5))
     if where is not None:
         inside &= where[r0:r1, c0:c1]
     image[r0:r1, c0:c1][inside] = value
@@ -191,28 +192,34 @@ def torso_template(geom: Geometry, config: PhantomConfig, size: int) -> tuple[np
     cx, cy, ax, ay = (v * size for v in geom.body)
     m = geom.muscle_scale
     image = np.full((size, size), config.air_hu, dtype=np.float32)
-    image[_ellipse(idx, idx, cy, cx, ay, ax)] = config.fat_hu
-    image[_ellipse(idx, idx, cy, cx, ay * m, ax * m)] = config.muscle_hu
+    image[ellipse_mask(idx, idx, cy, cx, ay, ax)] = config.fat_hu
+    image[ellipse_mask(idx, idx, cy, cx, ay * m, ax * m)] = config.muscle_hu
     spine_y = cy + 0.52 * ay * m
-    _disc(image, spine_y, cx, 0.045 * size, config.bone_cortex_hu)
-    _disc(image, spine_y, cx, 0.036 * size, config.bone_marrow_hu)
-    _disc(image, spine_y + 0.072 * size, cx, 0.022 * size, config.muscle_hu - 10.0)  # canal
+    draw_disc(image, spine_y, cx, 0.045 * size, config.bone_cortex_hu)
+    draw_disc(image, spine_y, cx, 0.036 * size, config.bone_marrow_hu)
+    draw_disc(image, spine_y + 0.072 * size, cx, 0.022 * size, config.muscle_hu - 10.0)  # canal
     rows = idx[:, None]
     process = (((rows - (spine_y + 0.125 * size)) / (0.03 * size)) ** 2
                + ((idx[None, :] - cx) / (0.012 * size)) ** 2) < 1.0
     image[process] = config.bone_cortex_hu
-    cage = _ellipse(idx, idx, cy, cx, ay * m * 0.88, ax * m * 0.88)
+    cage = ellipse_mask(idx, idx, cy, cx, ay * m * 0.88, ax * m * 0.88)
     return image, cage
 
 
 def render_slice(geom: Geometry, config: PhantomConfig, template: np.ndarray, cage: np.ndarray,
-                 t: float, slice_step_t: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clean (noise-free) slice at height ``t``: (float32 HU ``[S, S]``, bool lung ``[S, S]``)."""
+                 t: float, slice_step_t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean (noise-free) slice at height ``t``.
+
+    Returns:
+        (float32 HU ``[S, S]``, bool lung ``[S, S]``, bool airway ``[S, S]``): the airway is
+        the trachea or the main bronchi (air) and is removed from the lung mask; small
+        intrapulmonary bronchi stay part of the lung.
+    """
     size = template.shape[0]
     image = template.copy()
     lung_mask = np.zeros((size, size), dtype=bool)
     idx = np.arange(size, dtype=np.float64)
-    cx_b, cy_b, ax_b, ay_b = (v * size for v in geom.body)
+    cy_b, ay_b = geom.body[1] * size, geom.body[3] * size
     hx, hy, hax, hay = (v * size for v in geom.heart)
     for lung in geom.lungs:
         u, scale = lung_profile(lung, t)
@@ -225,13 +232,13 @@ def render_slice(geom: Geometry, config: PhantomConfig, template: np.ndarray, ca
         r0, r1 = max(0, int(cy - ay - 1)), min(size, int(cy + ay + 2))
         c0, c1 = max(0, int(cx - ax - 1)), min(size, int(cx + ax + 2))
         rows, cols = idx[r0:r1], idx[c0:c1]
-        region = _ellipse(rows, cols, cy, cx, ay, ax) & cage[r0:r1, c0:c1]
+        region = ellipse_mask(rows, cols, cy, cx, ay, ax) & cage[r0:r1, c0:c1]
         if u < lung.u_dome:
             dome = 1.08 * np.sqrt(1.0 - (u / lung.u_dome) ** 2)
-            region &= ~_ellipse(rows, cols, cy - 0.12 * ay, cx, ay * dome, ax * dome)
+            region &= ~ellipse_mask(rows, cols, cy - 0.12 * ay, cx, ay * dome, ax * dome)
         if 0.08 < u < 0.55:
             beat = 0.55 + 0.45 * np.sin(np.pi * (u - 0.08) / 0.47)
-            region &= ~_ellipse(rows, cols, hy, hx, hay * beat, hax * beat)
+            region &= ~ellipse_mask(rows, cols, hy, hx, hay * beat, hax * beat)
         lung_mask[r0:r1, c0:c1] |= region
     if lung_mask.any():
         gradient = geom.parenchyma_hu + config.parenchyma_gradient_hu * (idx - cy_b) / ay_b
@@ -242,7 +249,7 @@ def render_slice(geom: Geometry, config: PhantomConfig, template: np.ndarray, ca
     _draw_airways(image, airway, geom, config, t)
     lung_mask &= ~airway
     _draw_ribs(image, geom, config, t)
-    return image, lung_mask
+    return image, lung_mask, airway
 
 
 def _draw_tracks(image: np.ndarray, geom: Geometry, config: PhantomConfig, lung_mask: np.ndarray,
@@ -282,11 +289,11 @@ def _draw_airways(image: np.ndarray, airway: np.ndarray, geom: Geometry, config:
     cx = geom.body[0] * size
     ty = (geom.body[1] - 0.14) * size
     if u >= geom.u_carina:
-        _disc(airway, ty, cx, 0.028 * size, True)
+        draw_disc(airway, ty, cx, 0.028 * size, True)
     elif u >= geom.u_carina - 0.12:
         f = (geom.u_carina - u) / 0.12
         for side in (-1.0, 1.0):
-            _disc(airway, ty + 0.05 * f * size, cx + side * (0.02 + 0.12 * f) * size,
+            draw_disc(airway, ty + 0.05 * f * size, cx + side * (0.02 + 0.12 * f) * size,
                   0.018 * size, True)
     image[airway] = config.air_hu
 
@@ -300,9 +307,9 @@ def _draw_ribs(image: np.ndarray, geom: Geometry, config: PhantomConfig, t: floa
         if (t / geom.rib_period + phase) % 1.0 > 0.45:
             continue
         ry, rx = cy + ay * ring * np.sin(angle), cx + ax * ring * np.cos(angle)
-        _disc(image, ry, rx, 0.012 * size, config.bone_cortex_hu)
-        _disc(image, ry, rx, 0.006 * size, config.bone_marrow_hu)
+        draw_disc(image, ry, rx, 0.012 * size, config.bone_cortex_hu)
+        draw_disc(image, ry, rx, 0.006 * size, config.bone_marrow_hu)
     sy = cy - ay * ring
     if 0.3 < t < 0.85:
-        _disc(image, sy, cx, 0.016 * size, config.bone_cortex_hu)
-        _disc(image, sy, cx, 0.009 * size, config.bone_marrow_hu)
+        draw_disc(image, sy, cx, 0.016 * size, config.bone_cortex_hu)
+        draw_disc(image, sy, cx, 0.009 * size, config.bone_marrow_hu)

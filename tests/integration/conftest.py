@@ -17,7 +17,7 @@ from covidct.triton_server import ServerConfig, TritonServer
 from preprocessing.config import PipelineConfig
 
 ENSEMBLE = "covid_ct_pipeline"
-STEP_MODELS = ("lung_select", "preprocess", "classifier", "segmenter", "vote")
+STEP_MODELS = ("preprocess", "classifier", "segmenter", "vote")
 
 
 @pytest.fixture(scope="session")

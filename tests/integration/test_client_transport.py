@@ -5,6 +5,7 @@ proxy between the client and the server)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import tritonclient.grpc as grpcclient
 
 from client.shared_memory import REGION_PREFIX
 from client.submit import PipelineClient, submit
@@ -48,10 +48,18 @@ def test_shared_memory_and_grpc_give_identical_results(triton_server, grpc_clien
     assert (via_shm.transport, via_grpc.transport, auto.transport) == ("shared_memory", "grpc", "shared_memory")
     np.testing.assert_array_equal(via_shm.selected_indices, via_grpc.selected_indices)
     np.testing.assert_array_equal(via_shm.slice_probabilities, via_grpc.slice_probabilities)
-    for field in ("verdict", "positive_fraction", "lesion_burden_pct", "lung_volume_ml", "model_versions"):
+    for field in ("verdict", "assessment", "positive_fraction", "lesion_burden_pct", "lung_volume_ml",
+                  "model_versions", "model_card", "mask_spacing_mm"):
         assert getattr(via_shm, field) == getattr(via_grpc, field), field
+    for field in ("lung_slices", "lung_mask", "infection_mask"):
+        np.testing.assert_array_equal(getattr(via_shm, field), getattr(via_grpc, field), err_msg=field)
     np.testing.assert_array_equal(via_shm.slice_positions_mm, volume.positions_mm[via_shm.selected_indices])
-    assert via_shm.verdict == 1
+    assert via_shm.verdict == "positive" and via_shm.demo
+    m = via_shm.lung_mask.shape[1]
+    assert via_shm.lung_mask.shape == (via_shm.lung_slices.size, m, m) and via_shm.lung_slices.size > 0
+    assert set(np.unique(via_shm.lung_mask)) == {0, 1, 2}  # both lungs, labelled right 1 / left 2
+    assert not via_shm.infection_mask[via_shm.lung_mask == 0].any()  # infection lies inside the lungs
+    assert via_shm.infection_mask.any() == (via_shm.lesion_burden_pct > 0)
     assert_no_regions(grpc_client)
 
 
@@ -64,7 +72,7 @@ def test_regions_are_released_after_a_rejected_request_and_a_deadline(triton_ser
         series_key="tiny",
         source_format="array",
     )
-    with pytest.raises(InferenceFailedError, match=r"failed the request \(INVALID_ARGUMENT\): .*expected H, W >= 32"):
+    with pytest.raises(InferenceFailedError, match=r"failed the request \(INVALID_ARGUMENT\): .*expected H, W >= \d+"):
         submit(tiny, triton_server.grpc_url, transport=shm_on)
     assert_no_regions(grpc_client)
 
@@ -112,10 +120,8 @@ class RecordingProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.listener.close()
@@ -151,7 +157,7 @@ def test_wire_bytes_carry_no_dicom_header_values(triton_server, tmp_path):
     finally:
         proxy.close()
     wire = proxy.sent
-    assert result.transport == "grpc" and result.verdict == 1
+    assert result.transport == "grpc" and result.verdict == "positive"
     # the capture is real: the model name and the HU voxels are in it
     assert b"covid_ct_pipeline" in wire and b"HU_VOLUME" in wire
     hu = volume.hu.tobytes()

@@ -22,7 +22,7 @@ from training.registry import create_model
 pytestmark = pytest.mark.integration
 
 SIZE = 64
-MODELS = ("lung_select", "preprocess", "classifier", "segmenter", "vote", "covid_ct_pipeline")
+MODELS = ("preprocess", "classifier", "segmenter", "vote", "covid_ct_pipeline")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from .conftest import ENSEMBLE, STEP_MODELS
 
 pytestmark = pytest.mark.integration
 
-GOOD_SPACING = np.array([2.0, 0.7, 0.7], dtype=np.float32)
+GOOD_SPACING = np.array([8.0, 5.6, 5.6], dtype=np.float32)  # a 64-pixel phantom: 360 mm field of view
 
 
 def tensor(name: str, array: np.ndarray, datatype: str, shape: list[int] | None = None):
@@ -50,7 +50,7 @@ BAD_REQUESTS = {
             tensor("HU_VOLUME", np.zeros((0, 64, 64), np.int16), "INT16"),
             tensor("SPACING_MM", GOOD_SPACING, "FP32"),
         ],
-        r"lung_select: HU_VOLUME: got int16 \[0, 64, 64\] with 0 slices; expected at least 1",
+        r"preprocess: HU_VOLUME: got int16 \[0, 64, 64\] with 0 slices; expected at least 1",
     ),
     "spacing of 2 values": (
         lambda: [tensor("HU_VOLUME", good_hu(), "INT16"), tensor("SPACING_MM", GOOD_SPACING[:2], "FP32")],

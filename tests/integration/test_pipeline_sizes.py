@@ -20,9 +20,10 @@ def check_consistent(result: PipelineResult, num_slices: int) -> None:
     assert result.selected_indices[0] >= 0 and result.selected_indices[-1] < num_slices
     assert np.all((result.slice_probabilities >= 0) & (result.slice_probabilities <= 1))
     assert 0.0 <= result.positive_fraction <= 1.0
-    assert result.verdict == int(result.positive_fraction >= result.vote_threshold)
+    assert result.verdict == ("positive" if result.positive_fraction >= result.vote_threshold else "negative")
     assert 0.0 <= result.lesion_burden_pct <= 100.0
-    assert result.lung_volume_ml > 0
+    assert 3000 <= result.lung_volume_ml <= 7500  # whole lungs of an adult chest
+    assert len(result.lung_slices) >= k
 
 
 @pytest.mark.parametrize(

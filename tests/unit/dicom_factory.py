@@ -18,6 +18,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-000123"
 STUDY_DATE = "20200321"
+#: Every series written without ``study_uid`` belongs to this one study (one patient).
+STUDY_UID = "1.2.826.0.1.3680043.8.498.10000000000000000000000000000000001"
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def write_ct_series(
     """
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
-    study_uid = study_uid or generate_uid()
+    study_uid = study_uid or STUDY_UID
     hu = random_hu(num_slices, rows, cols, seed)
     stored = np.rint((hu.astype(np.float64) - intercept) / slope).astype(np.int16)
     normal = np.cross(orientation[:3], orientation[3:])

@@ -1,28 +1,47 @@
 """Unit tests of the benchmark suite's pieces (no server): statistics, tables, the
 perf_analyzer CSV and input-data formats, instance-count copies, Prometheus metrics,
-memory sampling and plots. No test asserts a time."""
+memory sampling, plots, where the suite looks for git and the Triton installation, and
+the committed result files. No test asserts a time."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.common import fit_latency, is_png, markdown_table, parse_markdown_table
+from benchmarks.common import (
+    UNKNOWN,
+    fit_latency,
+    git_commit,
+    git_dirty,
+    is_png,
+    machine_info,
+    machine_line,
+    markdown_table,
+    parse_markdown_table,
+    triton_dir,
+)
 from benchmarks.memory import NO_GPU, MemorySampler, tree_rss_bytes
 from benchmarks.paper_comparison import PAPER_TABLE5_S, paper_seconds, parse_args
-from benchmarks.perf_analyzer import parse_csv, write_input_data
+from benchmarks.perf_analyzer import PERF_ANALYZER_ENV, parse_csv, perf_analyzer_binary, write_input_data
 from benchmarks.plots import plot_concurrency, plot_latency_fit, plot_paper_comparison
 from benchmarks.prom_metrics import BenchmarkMetrics, read_triton_metric
+from benchmarks.throughput import parse_args as throughput_args
 from benchmarks.throughput import repository_with_instances
 from covidct.errors import BenchmarkToolError, ConfigError
+from covidct.triton_server import TRITON_DIR_ENV
 from export.config import DEFAULT_SOURCE_REPOSITORY
 from export.pbtxt import read_config
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+# Absolute paths of a machine: results must name files relative to the repository.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|opt|usr|var|mnt|Users)/")
 
 # The header perf_analyzer 2.50 writes with -f (gRPC, no --verbose-csv), seen here; latencies in us.
 PA_HEADER = (
@@ -153,3 +172,65 @@ def test_gpu_run_refuses_without_cuda(tmp_path):
     with pytest.raises(BenchmarkToolError, match="no CUDA GPU visible"):
         gpu_run(gpu_args(["--out", str(tmp_path / "gpu")]))
     assert not (tmp_path / "gpu").exists()
+
+
+def test_git_info_outside_a_checkout_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh temporary folder is no git checkout
+    assert git_commit() == UNKNOWN
+    assert git_dirty() == UNKNOWN
+    info = machine_info()
+    assert (info["git_commit"], info["git_uncommitted_changes"]) == (UNKNOWN, UNKNOWN)
+    line = machine_line(info)
+    assert "commit `unknown`" in line and "uncommitted" not in line
+
+
+def test_triton_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(TRITON_DIR_ENV, str(tmp_path))
+    assert triton_dir() == tmp_path
+    monkeypatch.setenv(TRITON_DIR_ENV, str(tmp_path / "absent"))
+    with pytest.raises(BenchmarkToolError, match=rf"absent: no Triton installation folder.*{TRITON_DIR_ENV}="):
+        triton_dir()
+
+
+def test_triton_dir_under_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRITON_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchmarkToolError, match=r"\.triton: no Triton installation folder.*make setup"):
+        triton_dir()
+    (tmp_path / ".triton").mkdir()
+    assert triton_dir().resolve() == (tmp_path / ".triton").resolve()
+
+
+def test_perf_analyzer_binary_missing_in_triton_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(PERF_ANALYZER_ENV, raising=False)
+    monkeypatch.setenv(TRITON_DIR_ENV, str(tmp_path))
+    with pytest.raises(BenchmarkToolError, match=r"perf_analyzer/bin/perf_analyzer: perf_analyzer binary not found"):
+        perf_analyzer_binary()
+    binary = tmp_path / "perf_analyzer" / "bin" / "perf_analyzer"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert perf_analyzer_binary() == binary
+
+
+def test_server_benchmarks_share_their_options():
+    for parse in (parse_args, throughput_args):
+        cfg = parse(["--model-repository", "repo", "--url", "localhost:8001", "--out", "o"])
+        assert (cfg.model_repository, cfg.url, cfg.out) == ("repo", "localhost:8001", "o")
+    assert throughput_args(["--model-repository", "repo"]).url is None
+
+
+def test_result_files_carry_no_absolute_paths():
+    files = [p for p in RESULTS_DIR.rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert any(p.suffix == ".json" for p in files), f"no JSON results under {RESULTS_DIR}"
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            assert not ABSOLUTE_PATH.search(line), f"{path.relative_to(RESULTS_DIR)}:{number}: {line[:120]}"
+
+
+def test_absolute_path_pattern_control():
+    """Control: the pattern finds machine paths and leaves URLs and relative paths alone."""
+    assert ABSOLUTE_PATH.search('"out": "/tmp/pc_quiet"')
+    assert ABSOLUTE_PATH.search("/work/main/.triton/perf_analyzer/bin/perf_analyzer -m vote")
+    assert not ABSOLUTE_PATH.search(".triton/perf_analyzer/bin/perf_analyzer --input-data benchmarks/results/x.json")
+    assert not ABSOLUTE_PATH.search("http://localhost:8002/metrics and demo_output/model_repository")

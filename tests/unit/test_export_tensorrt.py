@@ -26,7 +26,7 @@ from export.tensorrt_build import (
 )
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-NO_TRT_REASON = "TensorRT is not installable in this workplace (see shared/docs/platform.md)"
+NO_TRT_REASON = "TensorRT is not installed (its PyPI packages download from NVIDIA's own index)"
 
 
 def tiny_onnx(path: Path, dims=("slices", 1, 16, 16)) -> Path:

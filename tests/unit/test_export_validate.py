@@ -52,7 +52,7 @@ def tensor(tensors, name: str):
 
 
 def test_source_layout_validates():
-    """The serving helper's models and the runner models in git (no weights yet)."""
+    """The source repository's Python models and runner models (no weights yet)."""
     assert validate_repository(DEFAULT_SOURCE_REPOSITORY) == []
 
 
@@ -98,11 +98,11 @@ def test_incompatible_shape_is_rejected(portable_copy):
 def test_missing_weights_and_code_are_rejected(portable_copy, generated, tmp_path):
     (portable_copy / "classifier" / "1" / "model.onnx").unlink()
     (portable_copy / "segmenter" / "1" / "weights.pt").unlink()
-    (portable_copy / "preprocess" / "1" / "model.py").unlink()
+    (portable_copy / "preprocess" / "1" / "pipeline_config.json").unlink()
     (portable_copy / "vote" / "1" / "pipeline_config.json").unlink()
     assert sorted(validate_repository(portable_copy)) == [
         "model 'classifier': classifier/1/model.onnx is missing (weights or code)",
-        "model 'preprocess': preprocess/1/model.py is missing (weights or code)",
+        "model 'preprocess': preprocess/1/pipeline_config.json is missing (weights or code)",
         "model 'segmenter': segmenter/1/weights.pt is missing (weights or code)",
         "model 'vote': vote/1/pipeline_config.json is missing (weights or code)",
     ]
@@ -116,17 +116,17 @@ def test_missing_weights_and_code_are_rejected(portable_copy, generated, tmp_pat
 def test_ensemble_wiring_problems(portable_copy):
     def change(config):
         steps = config.ensemble_scheduling.step
-        steps[0].model_name = "lung_selection"
-        del steps[3].input_map["SEGMENTER_INPUT"]
-        steps[4].output_map["VERDICT"] = "probability"
+        steps[0].model_name = "lung_preparation"
+        del steps[2].input_map["SEGMENTER_INPUT"]
+        steps[3].output_map["VERDICT"] = "probability"
 
     edit(portable_copy, "covid_ct_pipeline", change)
     problems = validate_repository(portable_copy)
     expected = [
-        "step 'lung_selection': model 'lung_selection' is not in the repository",
+        "step 'lung_preparation': model 'lung_preparation' is not in the repository",
         "step 'segmenter': input 'SEGMENTER_INPUT' of model 'segmenter' is not mapped",
         "ensemble tensor 'probability' is produced twice",
-        "ensemble tensor 'selected_hu' is produced by no step or ensemble input",
+        "ensemble tensor 'classifier_input' is produced by no step or ensemble input",
         "ensemble 'covid_ct_pipeline' output: ensemble tensor 'VERDICT' is produced by no step",
     ]
     for text in expected:
@@ -135,13 +135,13 @@ def test_ensemble_wiring_problems(portable_copy):
 
 def test_folder_level_problems(portable_copy, tmp_path):
     (portable_copy / "stray").mkdir()
-    shutil.rmtree(portable_copy / "lung_select" / "1")
+    shutil.rmtree(portable_copy / "vote" / "1")
     (portable_copy / "preprocess" / "config.pbtxt").write_text("name: \"preprocess\"\nbatch_size: 3\n")
     edit(portable_copy, "segmenter", lambda c: setattr(c, "max_batch_size", 8))
     problems = validate_repository(portable_copy)
     for text in (
         "model 'stray': stray/config.pbtxt is missing",
-        "model 'lung_select': no numeric version folder",
+        "model 'vote': no numeric version folder",
         "model 'preprocess': ",
         "not a valid Triton model configuration",
         "model 'segmenter': max_batch_size is 8",

@@ -7,7 +7,14 @@ import pytest
 
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import SelectionConfig
-from preprocessing.synthetic.phantom import Phantom, PhantomConfig, make_phantom
+from preprocessing.synthetic.phantom import (
+    FIELD_OF_VIEW_MM,
+    SCAN_EXTENT_MM,
+    Phantom,
+    PhantomConfig,
+    default_spacing_mm,
+    make_phantom,
+)
 
 NOISE_TOLERANCE_HU = 3 * PhantomConfig().noise_hu
 
@@ -56,6 +63,41 @@ def test_shapes_dtypes_and_metadata(num_slices: int, size: int) -> None:
     assert p.volume.spacing_mm == (1.5, 0.8, 0.8)
     np.testing.assert_allclose(p.volume.positions_mm, np.arange(num_slices) * 1.5)
     assert np.array_equal(p.slice_labels, p.lesion_mask.any(axis=(1, 2)).astype(np.uint8))
+
+
+@pytest.mark.parametrize("num_slices,size", [(35, 64), (406, 64), (35, 512), (120, 256)])
+def test_default_geometry_is_an_adult_chest(num_slices: int, size: int) -> None:
+    p = make_phantom(num_slices=num_slices, size=size, covid=False, seed=0)
+    dz, dy, dx = p.volume.spacing_mm
+    assert (dz, dy, dx) == default_spacing_mm(num_slices, size)
+    assert dz == pytest.approx(SCAN_EXTENT_MM / num_slices) and dx == dy == pytest.approx(FIELD_OF_VIEW_MM / size)
+    np.testing.assert_allclose(p.volume.positions_mm, np.arange(num_slices) * dz)
+    lung_ml = p.lung_mask.sum() * p.volume.voxel_volume_ml
+    assert 3000 < lung_ml < 7000
+    lung_slices = np.flatnonzero(p.lung_mask.any(axis=(1, 2)))
+    assert 220 < (lung_slices[-1] - lung_slices[0] + 1) * dz < 290  # apex to base, mm
+    assert lung_slices[0] > 0 and lung_slices[-1] < num_slices - 1  # margin below and above
+    body_cols = np.flatnonzero((p.volume.hu[num_slices // 2] > -500).any(axis=0))
+    assert 280 < body_cols.size * dx < 360  # chest width, mm
+
+
+def test_airways_are_exposed_and_excluded_from_the_lungs() -> None:
+    p = make_phantom(num_slices=60, size=128, covid=True, seed=5)
+    airway = p.airway_mask
+    assert airway is not None and airway.dtype == np.bool_ and airway.shape == p.lung_mask.shape
+    assert airway.any() and not (airway & p.lung_mask).any() and not (airway & p.lesion_mask).any()
+    assert float(np.median(p.volume.hu[airway])) < -950
+    top = p.volume.num_slices - 1  # above the apices: trachea, no lung
+    assert airway[top].any() and not p.lung_mask[top].any()
+    trachea_mm = 2 * np.sqrt(airway[top].sum() / np.pi) * p.volume.spacing_mm[1]
+    assert 15 < trachea_mm < 25
+
+
+def test_explicit_spacing_is_metadata_only() -> None:
+    a = make_phantom(num_slices=30, size=64, seed=2)
+    b = make_phantom(num_slices=30, size=64, seed=2, spacing_mm=(2.0, 0.7, 0.7))
+    assert np.array_equal(a.volume.hu, b.volume.hu)
+    assert b.volume.spacing_mm == (2.0, 0.7, 0.7) and a.volume.spacing_mm != b.volume.spacing_mm
 
 
 def test_tissues_have_their_hu(normal: Phantom) -> None:
@@ -157,3 +199,9 @@ def test_phantom_rejects_inconsistent_masks(normal: Phantom) -> None:
     with pytest.raises(VolumeError, match="slice_labels must be uint8"):
         Phantom(volume=normal.volume, lung_mask=normal.lung_mask,
                 lesion_mask=normal.lesion_mask, slice_labels=normal.slice_labels.astype(bool))
+    with pytest.raises(VolumeError, match="airway_mask must be bool"):
+        Phantom(volume=normal.volume, lung_mask=normal.lung_mask, lesion_mask=normal.lesion_mask,
+                slice_labels=normal.slice_labels, airway_mask=normal.lung_mask.astype(np.uint8))
+    with pytest.raises(VolumeError, match=r"airway_mask must be disjoint from lung_mask; \d+ voxels"):
+        Phantom(volume=normal.volume, lung_mask=normal.lung_mask, lesion_mask=normal.lesion_mask,
+                slice_labels=normal.slice_labels, airway_mask=normal.lung_mask)

@@ -14,6 +14,7 @@ from covidct.errors import (
     DuplicatePositionError,
     EmptySeriesError,
     GeometryMismatchError,
+    ImplausibleSpacingError,
     MissingPixelDataError,
     ModalityError,
     NotDicomError,
@@ -144,7 +145,7 @@ def test_truncated_pixel_data(tmp_path):
 
 
 def test_corrupt_compressed_pixel_data_in_parallel_decode(tmp_path):
-    written = write_ct_series(tmp_path, num_slices=48, rows=16, cols=16, transfer_syntax=RLELossless)
+    written = write_ct_series(tmp_path, num_slices=48, rows=32, cols=32, transfer_syntax=RLELossless)
     data = bytearray(written.paths[40].read_bytes())
     data[-300:-200] = b"\xff" * 100  # garble the RLE segments
     written.paths[40].write_bytes(bytes(data))
@@ -205,8 +206,8 @@ def test_orientation_and_pixel_spacing_must_agree(tmp_path):
         read_series(tmp_path)
     _edit(written.paths[1], lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]))
     _edit(written.paths[2], lambda ds: delattr(ds, "PixelSpacing"))
-    expected = r"IM0001\.dcm: Pixel Spacing \(0028,0030\) is None; expected two positive mm values"
-    with pytest.raises(GeometryMismatchError, match=expected):
+    expected = r"IM0001\.dcm: Pixel Spacing \(0028,0030\) is missing; expected each in \[0\.1, 5\] mm"
+    with pytest.raises(ImplausibleSpacingError, match=expected):
         read_series(tmp_path)
 
 

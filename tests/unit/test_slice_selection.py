@@ -76,3 +76,62 @@ def test_selection_errors_name_the_problem() -> None:
         select_open_lung_slices(np.zeros((1, 64, 64), np.int16), SelectionConfig(divisor=0))
     with pytest.raises(ConfigError, match=r"region_x=\(300, 200\)"):
         scaled_region(512, 512, SelectionConfig(region_x=(300, 200)))
+
+
+# ------------------------------------------------------------------ lung-area rule
+def test_lung_area_rule_keeps_slices_at_the_fraction_of_the_maximum() -> None:
+    from preprocessing.slice_selection import select_by_lung_area
+
+    area = np.array([0.0, 100.0, 249.0, 250.0, 1000.0, 600.0, 0.0])
+    indices = select_by_lung_area(area)
+    np.testing.assert_array_equal(indices, [3, 4, 5])  # >= 0.25 x 1000 mm^2
+    assert indices.dtype == np.int32
+    np.testing.assert_array_equal(select_by_lung_area(area, SelectionConfig(min_lung_area_fraction=0.0)),
+                                  np.arange(7))
+    np.testing.assert_array_equal(select_by_lung_area(area, SelectionConfig(min_lung_area_fraction=1.0)), [4])
+
+
+def test_lung_area_rule_errors_and_config() -> None:
+    from preprocessing.slice_selection import select_by_lung_area
+
+    assert SelectionConfig().rule == "lung_area" and SelectionConfig().min_lung_area_fraction == 0.25
+    with pytest.raises(NoOpenLungError, match=r"none of the 3 slices holds lung"):
+        select_by_lung_area(np.zeros(3))
+    with pytest.raises(VolumeError, match=r"non-empty 1-D array of mm\^2; got float64 shape \(2, 2\)"):
+        select_by_lung_area(np.ones((2, 2)))
+    with pytest.raises(VolumeError, match=r"values outside \[0, inf\)"):
+        select_by_lung_area(np.array([1.0, -2.0]))
+    with pytest.raises(ConfigError, match=r"SelectionConfig.rule='middle'; expected one of \['lung_area', 'paper002"):
+        SelectionConfig(rule="middle")
+    with pytest.raises(ConfigError, match=r"SelectionConfig.min_lung_area_fraction=1.5; expected a number in"):
+        SelectionConfig(min_lung_area_fraction=1.5)
+
+
+@pytest.mark.real_data
+def test_lung_area_rule_keeps_the_infected_slices_of_real_series(real_data_dir) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    from preprocessing.io.series_reader import read_series
+    from preprocessing.lung_segmentation import segment_lungs
+    from preprocessing.slice_selection import select_by_lung_area
+
+    with open(real_data_dir / "labels.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    total = kept_total = 0
+    print("\nseries      slices  kept  infected kept  (paper002: kept, infected kept)")
+    for name in ("P002", "cap002", "normal002"):
+        volume = read_series(real_data_dir / name)
+        n = volume.hu.shape[0]
+        infected = np.zeros(n, dtype=bool)
+        for row in rows:
+            if row["patient"] == name and row["infected"] == "1":
+                infected[int(row["slice_rank"])] = True
+        kept = select_by_lung_area(segment_lungs(volume.hu, volume.spacing_mm).lung_area_mm2)
+        paper = select_open_lung_slices(volume.hu).indices
+        print(f"{name:10s} {n:7d} {kept.size:5d} {int(infected[kept].sum()):5d}/{int(infected.sum()):<5d}"
+              f"  ({paper.size}, {int(infected[paper].sum())})")
+        assert infected[kept].sum() >= 0.97 * infected.sum()
+        assert kept.size < n
+        total += n
+        kept_total += kept.size
+    assert kept_total <= 0.75 * total  # at least 25 % of all slices discarded

@@ -11,7 +11,7 @@ import pytest
 
 from covidct.errors import ServerError
 from covidct.triton_server import (
-    REPO_ROOT,
+    package_root,
     STUB_NAME,
     ServerConfig,
     TritonServer,
@@ -85,7 +85,7 @@ def test_environment_order(tmp_path):
     path = env["PYTHONPATH"].split(os.pathsep)
     assert path[0] == str(install.stub_site)  # numpy 1.26 before the venv's numpy 2
     assert path[1] == sysconfig.get_paths()["purelib"]
-    assert path[-1] == str(REPO_ROOT)
+    assert path[-1] == str(package_root())
     assert env["HOME"] == "/root"
 
 

@@ -1,0 +1,222 @@
+"""Is a series an assessable adult chest CT? Plausibility checks with reason codes.
+
+A verdict (positive / negative) is only given for a series that passes every check;
+otherwise the answer is *not assessable*, with one :class:`Reason` per failed check.
+The checks read the whole-series lung segmentation
+(:func:`preprocessing.lung_segmentation.segment_lungs`) and the voxel spacing; all
+thresholds are in :class:`preprocessing.config.AssessmentConfig`.
+
+Reason codes (:data:`REASON_CODES`):
+
+* ``implausible_spacing``: pixel spacing (y, x) or slice spacing (z) outside
+  ``pixel_spacing_mm`` / ``slice_spacing_mm``, or not a finite positive number.
+* ``hu_calibration``: outside air not within ``air_hu`` (an HU shift of +-1024, raw
+  stored values, noise), the median body tissue not within ``tissue_hu``, or fewer than
+  ``min_soft_tissue_fraction`` of the body's tissue voxels in the fat/soft-tissue band
+  ``soft_tissue_hu`` (noise, wrong rescale).
+* ``no_body``: less than ``min_body_ml`` of body.
+* ``no_lungs``: less than ``min_lung_ml`` of lung.
+* ``lungs_incomplete``: the first or last slice holds more than ``max_end_area_fraction``
+  of the largest per-slice lung area: the lungs are cut by the scan range.
+* ``too_few_lung_slices``: fewer than ``min_lung_slices`` lung-bearing slices, or a
+  craniocaudal lung extent below ``min_lung_extent_mm``.
+* ``implausible_lung_volume``: whole-lung volume outside ``lung_volume_ml``.
+* ``orientation``: the spine is not at least ``min_spine_posterior_mm`` posterior of the
+  body's centre (rows run anterior -> posterior) within ``max_spine_lateral_ratio``, or
+  the two largest lung components do not lie side by side (rotated or flipped volumes).
+
+Checks never raise on content: an all-air volume, noise, one slice or empty lungs give
+reasons. Units: mm, ml, HU; measurements are floats (NaN where not measurable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from covidct.errors import VolumeError
+from preprocessing.config import AssessmentConfig
+from preprocessing.lung_segmentation import TISSUE_HIST_EDGES, LungSegmentation
+
+#: Both of the two largest lung components must hold this fraction of the lung volume
+#: before their positions are compared (a small detached piece says nothing).
+SIDE_BY_SIDE_FRACTION = 0.2
+
+REASON_CODES = (
+    "no_body",
+    "no_lungs",
+    "lungs_incomplete",
+    "too_few_lung_slices",
+    "implausible_lung_volume",
+    "hu_calibration",
+    "implausible_spacing",
+    "orientation",
+)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a series is not assessable: ``code`` from :data:`REASON_CODES`, one-sentence ``message``."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Outcome of :func:`assess`: failed checks (``reasons``) and what was measured."""
+
+    reasons: tuple[Reason, ...]
+    measurements: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def assessable(self) -> bool:
+        """True when no check failed."""
+        return not self.reasons
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The reason codes, in check order."""
+        return tuple(r.code for r in self.reasons)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _outside(value: float, interval: tuple[float, float]) -> bool:
+    return not (math.isfinite(value) and interval[0] <= value <= interval[1])
+
+
+def _band_fraction(histogram: np.ndarray, band: tuple[float, float]) -> float:
+    """Fraction of histogram counts whose bin centre lies in ``band`` (HU); NaN when empty."""
+    total = float(histogram.sum())
+    if total == 0:
+        return float("nan")
+    centres = 0.5 * (TISSUE_HIST_EDGES[:-1] + TISSUE_HIST_EDGES[1:])
+    inside = (centres >= band[0]) & (centres <= band[1])
+    return float(histogram[inside].sum()) / total
+
+
+def _measure(seg: LungSegmentation, spacing: tuple[float, ...]) -> dict[str, float]:
+    area = seg.lung_area_mm2
+    peak = float(area.max()) if area.size else 0.0
+    dz, dy, dx = seg.spacing_mm
+    slices = seg.lung_slices
+    centre_r, centre_c = seg.body_centre_px
+    spine_r, spine_c = seg.spine_px
+    m = {
+        "slice_spacing_mm": spacing[0], "pixel_spacing_y_mm": spacing[1], "pixel_spacing_x_mm": spacing[2],
+        "air_hu": seg.air_hu, "tissue_hu": seg.tissue_hu,
+        "body_volume_ml": seg.body_volume_ml, "body_slices": float(seg.body_slices),
+        "lung_volume_ml": seg.lung_volume_ml, "right_lung_ml": seg.right_volume_ml,
+        "left_lung_ml": seg.left_volume_ml, "lung_threshold_hu": seg.lung_threshold_hu,
+        "lung_slices": float(slices.size),
+        "lung_extent_mm": float((slices[-1] - slices[0] + 1) * dz) if slices.size else 0.0,
+        "first_slice_area_fraction": float(area[0] / peak) if peak > 0 else 0.0,
+        "last_slice_area_fraction": float(area[-1] / peak) if peak > 0 else 0.0,
+        "max_lung_area_mm2": peak,
+        "spine_posterior_mm": (spine_r - centre_r) * dy, "spine_lateral_mm": (spine_c - centre_c) * dx,
+        "airway_volume_ml": seg.airway_volume_ml,
+    }
+    volumes = seg.component_volumes_ml
+    if len(volumes) >= 2 and volumes[1] >= SIDE_BY_SIDE_FRACTION * sum(volumes):
+        (r0, c0), (r1, c1) = seg.component_centroids_px[:2]
+        m["lung_components_lateral_mm"] = abs(c1 - c0) * dx
+        m["lung_components_ap_mm"] = abs(r1 - r0) * dy
+    return {k: float(v) for k, v in m.items()}
+
+
+def assess(
+    segmentation: LungSegmentation, hu: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: AssessmentConfig = AssessmentConfig(),
+) -> Assessment:
+    """Plausibility checks of one series (see the module docstring for the codes).
+
+    Args:
+        segmentation: :func:`preprocessing.lung_segmentation.segment_lungs` of ``hu``.
+        hu: the HU volume ``[N, H, W]`` the segmentation was computed from.
+        spacing_mm: ``(z, y, x)`` voxel spacing of ``hu`` in mm (any values: implausible ones
+            are a reason, not an error).
+
+    Raises:
+        VolumeError: ``hu``'s shape is not the segmentation's source shape.
+    """
+    shape = tuple(np.shape(hu))
+    if shape != tuple(segmentation.source_shape):
+        raise VolumeError(f"assess: hu has shape {shape}; the segmentation was computed on {segmentation.source_shape}")
+    try:
+        spacing = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError):
+        spacing = (float("nan"),) * 3
+    if len(spacing) != 3:
+        spacing = (float("nan"),) * 3
+    m = _measure(segmentation, spacing)
+    m["soft_tissue_fraction"] = _band_fraction(segmentation.tissue_histogram, config.soft_tissue_hu)
+    reasons: list[Reason] = []
+
+    def add(code: str, message: str) -> None:
+        reasons.append(Reason(code, message))
+
+    for name, value, interval in (("pixel spacing y", spacing[1], config.pixel_spacing_mm),
+                                  ("pixel spacing x", spacing[2], config.pixel_spacing_mm),
+                                  ("slice spacing", spacing[0], config.slice_spacing_mm)):
+        if _outside(value, interval):
+            add("implausible_spacing", f"The {name} is {_fmt(value)} mm; expected {interval[0]} to {interval[1]} mm.")
+            break
+
+    has_body = m["body_volume_ml"] >= config.min_body_ml
+    if _outside(m["air_hu"], config.air_hu):
+        add("hu_calibration", f"Outside air measures {_fmt(m['air_hu'])} HU; expected {config.air_hu[0]} to "
+                              f"{config.air_hu[1]} HU (calibrated CT).")
+    elif has_body and _outside(m["tissue_hu"], config.tissue_hu):
+        add("hu_calibration", f"Body tissue has median {_fmt(m['tissue_hu'])} HU; expected {config.tissue_hu[0]} "
+                              f"to {config.tissue_hu[1]} HU.")
+    elif has_body and not m["soft_tissue_fraction"] >= config.min_soft_tissue_fraction:
+        add("hu_calibration", f"Only {_fmt(m['soft_tissue_fraction'])} of the body tissue lies in the fat and soft "
+                              f"tissue band {config.soft_tissue_hu[0]} to {config.soft_tissue_hu[1]} HU; expected "
+                              f"at least {config.min_soft_tissue_fraction}.")
+
+    if not has_body:
+        add("no_body", f"The body measures {_fmt(m['body_volume_ml'])} ml; expected at least {config.min_body_ml} ml.")
+    volume = m["lung_volume_ml"]
+    if not volume >= config.min_lung_ml:
+        add("no_lungs", f"The lungs measure {_fmt(volume)} ml; expected at least {config.min_lung_ml} ml.")
+    if segmentation.lung_slices.size:
+        _lung_checks(m, config, add)
+    _orientation(m, config, has_body, add)
+    return Assessment(reasons=tuple(reasons), measurements=m)
+
+
+def _lung_checks(m: dict[str, float], config: AssessmentConfig, add: Callable[[str, str], None]) -> None:
+    ends = max(m["first_slice_area_fraction"], m["last_slice_area_fraction"])
+    if ends > config.max_end_area_fraction:
+        where = "first" if m["first_slice_area_fraction"] >= m["last_slice_area_fraction"] else "last"
+        add("lungs_incomplete", f"The {where} slice holds {_fmt(ends)} of the largest lung area; expected at most "
+                                f"{config.max_end_area_fraction} (the scan must cover the whole lungs).")
+    if m["lung_slices"] < config.min_lung_slices or not m["lung_extent_mm"] >= config.min_lung_extent_mm:
+        add("too_few_lung_slices", f"The lungs span {int(m['lung_slices'])} slices over "
+                                   f"{_fmt(m['lung_extent_mm'])} mm; expected at least "
+                                   f"{config.min_lung_slices} slices and {config.min_lung_extent_mm} mm.")
+    if _outside(m["lung_volume_ml"], config.lung_volume_ml):
+        add("implausible_lung_volume", f"The lungs measure {_fmt(m['lung_volume_ml'])} ml; expected "
+                                       f"{config.lung_volume_ml[0]} to {config.lung_volume_ml[1]} ml for an adult.")
+
+
+def _orientation(
+    m: dict[str, float], config: AssessmentConfig, has_body: bool, add: Callable[[str, str], None],
+) -> None:
+    posterior, lateral = m["spine_posterior_mm"], m["spine_lateral_mm"]
+    spine_found = has_body and math.isfinite(posterior) and math.isfinite(lateral)
+    if spine_found and (posterior < config.min_spine_posterior_mm
+                        or abs(lateral) > config.max_spine_lateral_ratio * posterior):
+        add("orientation", f"The spine lies {_fmt(posterior)} mm posterior and {_fmt(lateral)} mm lateral of the "
+                           f"body centre; expected at least {config.min_spine_posterior_mm} mm posterior and at "
+                           f"most {config.max_spine_lateral_ratio} x that sideways (axial, anterior at the top).")
+        return
+    if "lung_components_lateral_mm" in m and m["lung_components_lateral_mm"] <= m["lung_components_ap_mm"]:
+        add("orientation", f"The two lungs are {_fmt(m['lung_components_lateral_mm'])} mm apart sideways and "
+                           f"{_fmt(m['lung_components_ap_mm'])} mm front to back; expected side by side.")
