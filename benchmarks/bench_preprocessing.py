@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import machine_info, median_ms, write_json  # noqa: E402
-from covidct.serving.steps import lung_select_step, preprocess_step  # noqa: E402
+from covidct.serving.steps import preprocess_step  # noqa: E402
 from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
 from preprocessing.hu_window import window_normalize  # noqa: E402
 from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         ("lung + infection masks", "N", median_ms(lambda: lung_and_infection_masks(hu, base.masks), r), n),
         ("open-lung selection", "N", median_ms(lambda: select_open_lung_slices(hu, base.selection), r), n),
         ("window + masks + selection", "N", median_ms(masks_and_selection, r), n),
-        ("lung_select_step", "N", median_ms(lambda: lung_select_step(hu, base), r), n),
         ("classifier_inputs 224 (plain)", "K", median_ms(lambda: classifier_inputs(sel_hu, base), r), k),
         ("segmenter_inputs 256 (plain)", "K", median_ms(lambda: segmenter_inputs(sel_hu, base), r), k),
         (
@@ -79,7 +78,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             median_ms(lambda: classifier_inputs(sel_hu, crop_cfg), r),
             k,
         ),
-        ("preprocess_step (default cfg)", "K", median_ms(lambda: preprocess_step(sel_hu, spacing, base), r), k),
+        ("preprocess_step (3-D mask, checks, inputs)", "N",
+         median_ms(lambda: preprocess_step(hu, spacing, base), r), n),
     ]
     result = {
         "source": source,

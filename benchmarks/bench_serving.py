@@ -27,7 +27,7 @@ from client.submit import submit
 from preprocessing.synthetic.phantom import make_phantom
 
 ENSEMBLE = "covid_ct_pipeline"
-STEPS = ("lung_select", "preprocess", "classifier", "segmenter", "vote")
+STEPS = ("preprocess", "classifier", "segmenter", "vote")
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 

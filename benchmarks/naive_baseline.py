@@ -5,13 +5,13 @@ in full precision, without a server. :class:`NaiveBaseline` does the same with *
 models and *our* preprocessing, so that every benchmark report carries a measured ratio
 (ours / naive) from the same machine and the same run, not only absolute times:
 
-1. open-lung selection over the volume (:func:`preprocessing.slice_selection.select_open_lung_slices`,
-   the function the ``lung_select`` model calls; it counts dark pixels per slice);
-2. for each selected slice, alone: window + lung/infection masks + resize through
-   :func:`covidct.serving.steps.preprocess_step` on a ``[1, H, W]`` stack;
-   the classifier and the segmenter each run on that one slice with ONNX Runtime (FP32,
-   the served ``model.onnx``, the same thread settings as the served runner: all cores);
-3. the patient vote, lesion burden and lung volume (:func:`covidct.serving.steps.vote_step`).
+1. the 3-D lung mask, the assessment and the lung selection over the volume (the same
+   functions the ``preprocess`` model calls);
+2. for each selected slice, alone: its classifier input
+   (:func:`preprocessing.model_inputs.classifier_inputs` on a ``[1, H, W]`` stack) and the
+   classifier; for each lung-bearing slice, alone: its segmenter input and the segmenter
+   (ONNX Runtime, FP32, the served ``model.onnx``, the runner's thread settings);
+3. the answer, lesion burden and lung volume (:func:`covidct.serving.steps.vote_step`).
 
 No copies to a server, no batching. Latencies are in seconds.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import ConfigError, ExportError
+from export.pbtxt import latest_version_dir
 from preprocessing.config import PipelineConfig
-from preprocessing.slice_selection import select_open_lung_slices
 from preprocessing.volume import CTVolume
 
 RUNNER_MODELS = ("classifier", "segmenter")
@@ -42,18 +42,11 @@ def _onnx_file(repository: Path, model: str) -> Path:
     return files[-1]
 
 
-def _version_dir(repository: Path, model: str) -> Path:
-    dirs = sorted((d for d in (repository / model).iterdir() if d.is_dir() and d.name.isdigit()),
-                  key=lambda d: int(d.name))
-    if not dirs:
-        raise ExportError(f"{repository / model}: no numeric version folder")
-    return dirs[-1]
-
-
 @dataclass(frozen=True)
 class NaiveResult:
-    """One naive run: the verdict, per-slice probabilities (``[K]``, selected slices),
-    the selected indices (``[K]``) and the wall time (s) split into its parts."""
+    """One naive run: the verdict (1 positive, 0 negative, -1 not assessable), per-slice
+    probabilities (``[K]``, selected slices), the selected indices (``[K]``) and the wall
+    time (s) split into its parts (selection: mask, assessment and selection)."""
 
     verdict: int
     slice_probabilities: np.ndarray
@@ -80,7 +73,7 @@ class NaiveBaseline:
         if backend not in self.BACKENDS:
             raise ConfigError(f"naive baseline backend {backend!r}; expected one of {self.BACKENDS}")
         self.repository = Path(repository)
-        self.config = PipelineConfig.load(_version_dir(self.repository, "preprocess"))
+        self.config = PipelineConfig.load(latest_version_dir(self.repository / "preprocess"))
         self.backend = backend
         self.device = device
         self.networks = {}
@@ -89,7 +82,8 @@ class NaiveBaseline:
             from training.heads import probability_model
 
             for model in RUNNER_MODELS:
-                network, model_config, _ = load_checkpoint(_version_dir(self.repository, model), map_location=device)
+                folder = latest_version_dir(self.repository / model)
+                network, model_config, _ = load_checkpoint(folder, map_location=device)
                 self.networks[model] = probability_model(network, model_config).to(device).float()
             return
         import onnxruntime as ort
@@ -113,40 +107,45 @@ class NaiveBaseline:
 
     def __call__(self, volume: CTVolume) -> NaiveResult:
         """Classify ``volume`` (int16 HU ``[N, H, W]``) one slice at a time."""
-        from covidct.serving.steps import preprocess_step, vote_step  # the serving stack, only when a series runs
+        from covidct.serving import tensors as T  # the serving stack, only when a series runs
+        from covidct.serving.steps import assessment_json, selected_slices, vote_step
+        from preprocessing.assessment import assess
+        from preprocessing.lung_segmentation import segment_lungs
+        from preprocessing.model_inputs import classifier_inputs, segmenter_inputs
 
         start = time.perf_counter()
-        hu = volume.hu
-        spacing = np.asarray(volume.spacing_mm, dtype=np.float32)
-        indices = select_open_lung_slices(hu, self.config.selection).indices.astype(np.int32)
+        hu, config = volume.hu, self.config
+        spacing = tuple(float(s) for s in volume.spacing_mm)
+        segmentation = segment_lungs(hu, spacing, config.lung_segmentation)
+        assessment = assess(segmentation, hu, spacing, config.assessment)
+        indices = selected_slices(hu, segmentation.lung_area_mm2, config)
+        lung_slices = np.asarray(segmentation.lung_slices, dtype=np.int64)
         t_select = time.perf_counter()
-        probabilities, infections, lungs = [], [], []
         prep_s = infer_s = 0.0
-        area = None
-        for index in indices:
-            t0 = time.perf_counter()
-            prepared = preprocess_step(hu[index : index + 1], spacing, self.config)
-            t1 = time.perf_counter()
-            probabilities.append(self.run_network("classifier", prepared["CLASSIFIER_INPUT"]))
-            infections.append(self.run_network("segmenter", prepared["SEGMENTER_INPUT"]))
-            infer_s += time.perf_counter() - t1
-            prep_s += t1 - t0
-            lungs.append(prepared["LUNG_MASK"])
-            area = prepared["PIXEL_AREA_MM2"]
+        outputs: dict[str, list[np.ndarray]] = {"classifier": [], "segmenter": []}
+        size = int(config.segmenter_input.size)
+        empty = {"classifier": np.zeros((0, 1), np.float32), "segmenter": np.zeros((0, 1, size, size), np.float32)}
+        for model, slices, make_input in (("classifier", indices, classifier_inputs),
+                                          ("segmenter", lung_slices, segmenter_inputs)):
+            for index in slices:
+                t0 = time.perf_counter()
+                x = make_input(hu[index : index + 1], config)
+                t1 = time.perf_counter()
+                outputs[model].append(self.run_network(model, x))
+                infer_s += time.perf_counter() - t1
+                prep_s += t1 - t0
         t_vote = time.perf_counter()
         out = vote_step(
-            np.concatenate(probabilities).astype(np.float32),
-            indices,
-            np.concatenate(lungs),
-            np.concatenate(infections).astype(np.float32),
-            area,
-            spacing,
-            self.config,
+            *(np.concatenate([empty[m], *outputs[m]]).astype(np.float32) for m in ("classifier", "segmenter")),
+            np.ascontiguousarray(segmentation.labels[lung_slices], dtype=np.uint8),
+            np.asarray(segmentation.spacing_mm, dtype=np.float32),
+            np.array([assessment_json(assessment)], dtype=np.object_),
+            config,
         )
         end = time.perf_counter()
         return NaiveResult(
-            verdict=int(out["VERDICT"][0]),
-            slice_probabilities=out["SLICE_PROBABILITIES"],
+            verdict=int(out[T.VERDICT][0]),
+            slice_probabilities=out[T.SLICE_PROBABILITIES],
             selected_indices=indices,
             latency_s=end - start,
             selection_s=t_select - start,

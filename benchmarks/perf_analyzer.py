@@ -2,9 +2,9 @@
 
 Realistic request data: a phantom series (int16 HU ``[N, S, S]``, spacing in mm) is run
 through the pipeline in-process (the steps' own functions and the served ONNX files), so
-every model gets the tensors it sees in production: the ensemble and ``lung_select`` the
-HU volume, ``preprocess`` the selected slices, the networks their ``[K, C, S, S]``
-inputs, ``vote`` the networks' outputs. Each model's tensors are written as a
+every model gets the tensors it sees in production: the ensemble and ``preprocess`` the
+HU volume, the networks their ``[K, C, S, S]`` / ``[L, C, S, S]`` inputs, ``vote`` the
+networks' outputs, the lung mask and the assessment. Each model's tensors are written as a
 perf_analyzer ``--input-data`` JSON file (``b64`` content with its ``shape``).
 
 For each model, the binary sweeps ``--concurrency-range`` over gRPC, writes its CSV
@@ -54,7 +54,7 @@ from benchmarks.plots import plot_concurrency
 from covidct.errors import BenchmarkToolError
 
 PERF_ANALYZER_ENV = "COVIDCT_PERF_ANALYZER"
-ALL_MODELS = ("covid_ct_pipeline", "lung_select", "preprocess", "classifier", "segmenter", "vote")
+ALL_MODELS = ("covid_ct_pipeline", "preprocess", "classifier", "segmenter", "vote")
 
 
 @dataclass(frozen=True)
@@ -113,28 +113,27 @@ def perf_analyzer_env(binary: Path) -> dict[str, str]:
 
 def model_inputs(repository: Path, slices: int, size: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Realistic request tensors of every model for one phantom series (see module docstring)."""
-    from covidct.serving.steps import lung_select_step, preprocess_step  # the serving stack, only here
+    from covidct.serving import tensors as T  # the serving stack, only here
+    from covidct.serving.steps import preprocess_step
 
     naive = NaiveBaseline(repository)
     volume = phantom_volume(slices, size, seed)
     spacing = np.asarray(volume.spacing_mm, dtype=np.float32)
-    selected = lung_select_step(volume.hu, naive.config)
-    prepared = preprocess_step(selected["SELECTED_HU"], spacing, naive.config)
-    probability = naive.run_network("classifier", prepared["CLASSIFIER_INPUT"]).astype(np.float32)
-    infection = naive.run_network("segmenter", prepared["SEGMENTER_INPUT"]).astype(np.float32)
+    prepared = preprocess_step(volume.hu, spacing, naive.config)
+    probability = naive.run_network("classifier", prepared[T.CLASSIFIER_INPUT]).astype(np.float32)
+    infection = naive.run_network("segmenter", prepared[T.SEGMENTER_INPUT]).astype(np.float32)
+    volume_inputs = {T.HU_VOLUME: volume.hu, T.SPACING_MM: spacing}
     return {
-        "covid_ct_pipeline": {"HU_VOLUME": volume.hu, "SPACING_MM": spacing},
-        "lung_select": {"HU_VOLUME": volume.hu},
-        "preprocess": {"SELECTED_HU": selected["SELECTED_HU"], "SPACING_MM": spacing},
-        "classifier": {"CLASSIFIER_INPUT": prepared["CLASSIFIER_INPUT"]},
-        "segmenter": {"SEGMENTER_INPUT": prepared["SEGMENTER_INPUT"]},
+        T.ENSEMBLE: volume_inputs,
+        "preprocess": volume_inputs,
+        "classifier": {T.CLASSIFIER_INPUT: prepared[T.CLASSIFIER_INPUT]},
+        "segmenter": {T.SEGMENTER_INPUT: prepared[T.SEGMENTER_INPUT]},
         "vote": {
-            "PROBABILITY": probability,
-            "SELECTED_INDICES": selected["SELECTED_INDICES"],
-            "LUNG_MASK": prepared["LUNG_MASK"],
-            "INFECTION_PROBABILITY": infection,
-            "PIXEL_AREA_MM2": prepared["PIXEL_AREA_MM2"],
-            "SPACING_MM": spacing,
+            T.PROBABILITY: probability,
+            T.INFECTION_PROBABILITY: infection,
+            T.LUNG_MASK: prepared[T.LUNG_MASK],
+            T.MASK_SPACING_MM: prepared[T.MASK_SPACING_MM],
+            T.ASSESSMENT: prepared[T.ASSESSMENT],
         },
     }
 
@@ -142,7 +141,10 @@ def model_inputs(repository: Path, slices: int, size: int, seed: int) -> dict[st
 def write_input_data(tensors: dict[str, np.ndarray], path: Path) -> Path:
     """perf_analyzer ``--input-data`` JSON: one request, each tensor as ``b64`` + ``shape``."""
     request = {
-        name: {"b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii"), "shape": list(a.shape)}
+        name: {"content": [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in a.reshape(-1)],
+               "shape": list(a.shape)}
+        if a.dtype == np.object_
+        else {"b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii"), "shape": list(a.shape)}
         for name, a in tensors.items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +248,7 @@ def run(cfg: PerfAnalyzerConfig, progress: bool = True) -> dict[str, Any]:
             results.append(run_model(cfg, binary, model, url, data[model], out))
     (out / "perf_analyzer_commands.txt").write_text("\n".join(r["command"] for r in results) + "\n", encoding="utf-8")
     report = {"machine": machine_info(), "config": dataclasses.asdict(cfg),
-              "selected": int(tensors["preprocess"]["SELECTED_HU"].shape[0]), "results": results}
+              "selected": int(tensors["classifier"]["CLASSIFIER_INPUT"].shape[0]), "results": results}
     write_json(out / "perf_analyzer.json", report)
     (out / "perf_analyzer.md").write_text(to_markdown(report), encoding="utf-8")
     return report

@@ -4,7 +4,8 @@
 2. the small demo models (:func:`training.demo_models.train_demo_models`);
 3. the ``portable`` model repository (:func:`export.repository.build_repository`);
 4. a local Triton server (:class:`covidct.triton_server.TritonServer`);
-5. one gRPC request per patient (:func:`client.submit.submit`), a table of verdicts;
+5. one gRPC request per patient (:func:`client.submit.submit`), the client's table of
+   answers (positive / negative / not assessable, marked as coming from demo models);
 6. ``demo_config.json`` (resolved settings) and ``results.json`` in the output folder.
 
 With ``COVIDCT_DATA_DIR`` pointing at the COVID-CT-MD samples, the real series
@@ -19,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
-class PatientCase:
+class DemoCase:
     """One series to send: a name, the ground truth (``"COVID-19"``/``"normal"``...) and the volume."""
 
     name: str
@@ -59,15 +60,7 @@ class PatientCase:
     truth_positive: bool | None = None
 
 
-@dataclass(frozen=True)
-class PatientOutcome:
-    name: str
-    truth: str
-    slices: int
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[PatientCase]:
+def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[DemoCase]:
     """Phantom patients for ``config.slice_counts`` (alternating positive / negative)."""
     from tqdm import tqdm
 
@@ -78,11 +71,11 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[PatientCa
         covid = i % 2 == 0
         phantom = make_phantom(num_slices, size=config.size, covid=covid, seed=config.seed + i)
         label = "COVID-19" if covid else "normal"
-        cases.append(PatientCase(f"synthetic-{i + 1:02d}", label, phantom.volume, covid))
+        cases.append(DemoCase(f"synthetic-{i + 1:02d}", label, phantom.volume, covid))
     return cases
 
 
-def real_case(data_dir: Path, series: str) -> PatientCase:
+def real_case(data_dir: Path, series: str) -> DemoCase:
     """The real series ``series`` of the COVID-CT-MD samples, with its diagnosis from labels.csv."""
     from preprocessing.io.series_reader import read_series
 
@@ -93,22 +86,7 @@ def real_case(data_dir: Path, series: str) -> PatientCase:
                 truth = row.get("diagnosis", "unknown")
                 break
     volume = read_series(data_dir / series)
-    return PatientCase(f"real-{series}", truth, volume, truth == "COVID-19" if truth != "unknown" else None)
-
-
-def format_table(outcomes: list[PatientOutcome]) -> str:
-    """The per-patient table printed by the demo."""
-    header = f"{'patient':<16} {'truth':<22} {'verdict':<9} {'pos.frac':>8} {'burden %':>9} {'selected':>10} {'latency s':>9}"
-    lines = [header, "-" * len(header)]
-    for o in outcomes:
-        r = o.result
-        verdict = "POSITIVE" if r["verdict"] == 1 else "negative"
-        selected = f"{len(r['selected_indices'])}/{o.slices}"
-        lines.append(
-            f"{o.name:<16} {o.truth:<22} {verdict:<9} {r['positive_fraction']:>8.2f} "
-            f"{r['lesion_burden_pct']:>9.2f} {selected:>10} {r['latency_s']:>9.2f}"
-        )
-    return "\n".join(lines)
+    return DemoCase(f"real-{series}", truth, volume, truth == "COVID-19" if truth != "unknown" else None)
 
 
 def _timed(label: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
@@ -121,6 +99,8 @@ def _timed(label: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
 
 def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``results.json``) the per-patient results."""
+    from client.batch import PatientOutcome
+    from client.report import format_table, report_dict
     from client.submit import submit
     from covidct.triton_server import ServerConfig, TritonServer
     from export.config import RepositoryOptions
@@ -134,7 +114,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[s
     cases = _timed("synthetic patients", timings, lambda: synthetic_cases(config, progress))
     data_dir = os.environ.get(DATA_DIR_ENV, "")
     if config.include_real and data_dir and (Path(data_dir) / config.real_series).is_dir():
-        cases.append(_timed(f"read {config.real_series}", timings, lambda: real_case(Path(data_dir), config.real_series)))
+        real = _timed(f"read {config.real_series}", timings, lambda: real_case(Path(data_dir), config.real_series))
+        cases.append(real)
     elif config.include_real:
         print(f"[demo] {DATA_DIR_ENV} not set or without {config.real_series}: synthetic patients only")
 
@@ -164,14 +145,15 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[s
         print(f"[demo] Triton ready: gRPC {server.grpc_url}, metrics {server.metrics_url}", flush=True)
         for case in cases:
             result = submit(case.volume, server.grpc_url, timeout_s=config.request_timeout_s)
-            outcomes.append(PatientOutcome(case.name, case.truth, int(case.volume.hu.shape[0]), result.to_dict()))
+            outcomes.append(PatientOutcome(f"{case.name} ({case.truth})", result=result))
     finally:
         server.stop()
 
     print()
     print(format_table(outcomes))
-    synthetic = [(c, o) for c, o in zip(cases, outcomes) if c.truth_positive is not None and c.name.startswith("synthetic")]
-    correct = sum((o.result["verdict"] == 1) == c.truth_positive for c, o in synthetic)
+    synthetic = [(c, o) for c, o in zip(cases, outcomes)
+                 if c.truth_positive is not None and c.name.startswith("synthetic")]
+    correct = sum(o.result.assessable and o.result.positive == c.truth_positive for c, o in synthetic)
     print(f"\nsynthetic patients correct: {correct}/{len(synthetic)}; results in {out / 'results.json'}")
 
     resolved = {
@@ -183,7 +165,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[s
     }
     (out / "demo_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
     results = {
-        "patients": [asdict(o) for o in outcomes],
+        "report": report_dict(outcomes, url=server.grpc_url, model="covid_ct_pipeline"),
+        "truth": {c.name: c.truth for c in cases},
         "synthetic_correct": correct,
         "synthetic_total": len(synthetic),
         "timings_s": timings,

@@ -17,6 +17,7 @@ Ports are TCP ports on ``ServerConfig.address`` (127.0.0.1 by default); sizes ar
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import logging
 import os
@@ -527,7 +528,5 @@ def _terminate_with_parent() -> None:
 def _kill_group(pgid: int) -> None:
     """SIGKILL the process group this launcher created for the server (the server is still
     alive when this is called, so the group id is certainly ours)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

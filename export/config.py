@@ -8,7 +8,6 @@ Nothing here describes tensors: tensor names, dtypes and shapes are defined once
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from covidct.errors import ExportError
 from covidct.serving import source_repository

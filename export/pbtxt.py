@@ -153,3 +153,19 @@ def set_instance_kind(config: mc.ModelConfig, kind: str, count: int = 1) -> None
         raise ExportError(f"unknown instance kind {kind!r}; expected KIND_CPU or KIND_GPU") from exc
     del config.instance_group[:]
     config.instance_group.add(kind=kind_value, count=count)
+
+
+def version_dirs(model_dir: str | Path) -> list[Path]:
+    """The numeric version folders of a Triton model folder, oldest first (``[]`` when none)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def latest_version_dir(model_dir: str | Path) -> Path:
+    """The newest numeric version folder (Triton's default policy serves it); ExportError when none."""
+    versions = version_dirs(model_dir)
+    if not versions:
+        raise ExportError(f"{model_dir}: model has no numeric version folder (e.g. {Path(model_dir).name}/1/)")
+    return versions[-1]

@@ -110,6 +110,9 @@ class ReaderConfig:
         in-plane axes, TIFF pages).
     pixel_spacing_mm / slice_spacing_mm: accepted (low, high) mm of the in-plane pixel
         spacing and of the distance between slices (DICOM, NIfTI, a given ``spacing_mm``).
+        Outside them a header is corrupt, not just coarse: an adult chest over a 32-pixel
+        matrix is 11.25 mm per pixel, over 6 slices about 52 mm apart. A plausible chest
+        CT's narrower ranges are ``AssessmentConfig``'s (an answer, not an error).
     """
 
     min_slices: int = 2
@@ -122,8 +125,8 @@ class ReaderConfig:
     max_files: int = 10_000
     max_compression_ratio: float = 200.0
     matrix_size_px: tuple[int, int] = (32, 4096)
-    pixel_spacing_mm: tuple[float, float] = (0.1, 5.0)
-    slice_spacing_mm: tuple[float, float] = (0.1, 20.0)
+    pixel_spacing_mm: tuple[float, float] = (0.1, 12.0)
+    slice_spacing_mm: tuple[float, float] = (0.1, 60.0)
 
     def __post_init__(self) -> None:
         owner = "ReaderConfig"

@@ -265,7 +265,7 @@ def make_card(
             lung_crop=bool(inp.lung_crop),
         ),
         training_data=training_data,
-        training_config=training_config,
+        training_config=None if training_config is None else json.loads(json.dumps(_finite(training_config))),
         evaluation=evaluation,
         intended_use=DEMO_USE if demo else RESEARCH_USE,
         demo=demo,

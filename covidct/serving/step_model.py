@@ -146,7 +146,7 @@ class StepModel:
         except InputError as exc:
             error = pb_utils.TritonError(f"{self.model_name}: {exc}", pb_utils.TritonError.INVALID_ARG)
             return pb_utils.InferenceResponse(error=error)
-        except Exception as exc:  # a bug must fail this request only, never the server
+        except Exception as exc:  # noqa: BLE001 - a bug must fail this request only, never the server
             message = f"{self.model_name}: internal error: {type(exc).__name__}: {exc}"
             pb_utils.Logger.log_error(message)
             error = pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)

@@ -83,8 +83,8 @@ def spacing_triplet(
         raise ImplausibleSpacingError(
             f"{where}: spacing_mm is {spacing_mm!r}; expected three finite positive mm values (z, y, x)"
         )
-    check_slice_spacing(where, f"spacing_mm {spacing_mm!r}: z", values[0], config)
-    check_pixel_spacing(where, f"spacing_mm {spacing_mm!r}: (y, x)", values[1:], config)
+    check_slice_spacing(where, f"spacing_mm {spacing_mm!r}, its z", values[0], config)
+    check_pixel_spacing(where, f"spacing_mm {spacing_mm!r}, its (y, x)", values[1:], config)
     return values  # type: ignore[return-value]
 
 

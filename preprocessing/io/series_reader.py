@@ -11,7 +11,11 @@
 - ``np.ndarray`` ``[N, H, W]`` of HU with ``spacing_mm`` (z, y, x).
 
 The result is HU int16 ``[N, H, W]`` sorted by position ascending, spacing in mm, and
-no patient identifier (``series_key`` is a one-way hash).
+no patient identifier (``series_key`` is a one-way hash). Every failure is a
+:class:`~covidct.errors.InputError`: size limits (:mod:`preprocessing.io.limits`) are
+checked from headers before pixels are allocated, a DICOM input must hold one patient and
+one study (:mod:`preprocessing.io.dicom_identity`), and spacing must lie within
+``ReaderConfig.pixel_spacing_mm`` / ``slice_spacing_mm``.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def read_series(
     Args:
         source: DICOM folder/zip/file, ``.nii``/``.nii.gz``, folder of 16-bit TIFF
             slices, or an ``np.ndarray`` ``[N, H, W]`` of HU.
-        config: series choice, slice-count limits, gap tolerance, decode workers.
+        config: series choice, slice-count limits, gap tolerance, decode workers, size
+            limits checked before allocation, accepted spacing ranges (mm).
         spacing_mm: (z, y, x) mm; required for arrays, optional for TIFF folders
             (default (1, 1, 1)); DICOM and NIfTI carry their own spacing.
 
@@ -135,7 +140,7 @@ def volume_from_array(
             "or float HU array [N, H, W]"
         )
     check_slice_count("array source", array.shape[0], config)
-    spacing = spacing_triplet("array source", spacing_mm)
+    spacing = spacing_triplet("array source", spacing_mm, config)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise VolumeError("array source holds NaN or infinite values; expected finite HU")

@@ -36,7 +36,7 @@ def test_paper_comparison_quick(triton_server, model_repository, tmp_path):
     assert row["agreement"]["same_selected_slices"] and row["agreement"]["same_verdict"]
     assert row["agreement"]["max_abs_probability_difference"] < 1e-3
     steps = row["server_ms_per_request"]
-    assert {"covid_ct_pipeline", "lung_select", "preprocess", "classifier", "segmenter", "vote"} == set(steps)
+    assert {"covid_ct_pipeline", "preprocess", "classifier", "segmenter", "vote"} == set(steps)
     assert steps["classifier"]["requests"] == 1 and steps["classifier"]["compute_infer_ms"] > 0
     assert is_png(out / "paper_comparison.png")
     assert json.loads((out / "paper_comparison_config.json").read_text())["slices"] == [8, 12]

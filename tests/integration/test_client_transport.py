@@ -65,7 +65,7 @@ def test_shared_memory_and_grpc_give_identical_results(triton_server, grpc_clien
 
 def test_regions_are_released_after_a_rejected_request_and_a_deadline(triton_server, grpc_client):
     shm_on = TransportConfig(shared_memory="on", retries=0)
-    tiny = CTVolume(  # the client accepts it, the server's lung_select rejects 8x8 slices
+    tiny = CTVolume(  # the client accepts it, the server's preprocess rejects 8x8 slices
         hu=np.full((3, 8, 8), -1000, np.int16),
         spacing_mm=(2.0, 0.7, 0.7),
         positions_mm=np.arange(3.0) * 2.0,

@@ -97,7 +97,8 @@ def test_invalid_repository_raises_with_log_tail(tmp_path):
     (repository / "broken" / "1").mkdir(parents=True)
     (repository / "broken" / "config.pbtxt").write_text('backend: "covidct"\nmax_batch_size: nonsense\n')
     server = TritonServer(ServerConfig(repository, startup_timeout_s=60))
-    with pytest.raises(ServerError, match=r"(?s)exited with code .*before becoming ready.*server log .*errors:.*broken.config.pbtxt"):
+    expected = r"(?s)exited with code .*before becoming ready.*server log .*errors:.*broken.config.pbtxt"
+    with pytest.raises(ServerError, match=expected):
         server.start()
     assert not server.is_running()
 
@@ -129,9 +130,10 @@ def test_admin_protocols_need_the_key_inference_and_health_do_not(tmp_path):
         import urllib.request
 
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"http://{server.http_url}/v2/models/stats", timeout=10)  # noqa: S310
+            urllib.request.urlopen(f"http://{server.http_url}/v2/models/stats", timeout=10)
         assert refused.value.code in (401, 403)
-        request = urllib.request.Request(f"http://{server.http_url}/v2/models/stats", headers={ADMIN_HEADER: "s3cret-key"})
+        stats_url = f"http://{server.http_url}/v2/models/stats"
+        request = urllib.request.Request(stats_url, headers={ADMIN_HEADER: "s3cret-key"})
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             assert response.status == 200
 

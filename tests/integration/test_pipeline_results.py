@@ -25,9 +25,13 @@ def test_verdict_and_numbers_match_reference(
         volume, onnx_networks["classifier"], onnx_networks["segmenter"], served_pipeline_config
     )
 
-    assert served.verdict == int(reference["VERDICT"][0])
+    assert served.verdict_code == int(reference["VERDICT"][0])
     np.testing.assert_array_equal(served.selected_indices, reference["SELECTED_INDICES"])
     assert 0 < len(served.selected_indices) < num_slices
+    np.testing.assert_array_equal(served.lung_slices, reference["LUNG_SLICES"])
+    np.testing.assert_array_equal(served.lung_mask, reference["LUNG_MASK"])
+    # same ONNX files, other thread settings: a probability at the threshold may round apart
+    assert np.mean(served.infection_mask != reference["INFECTION_MASK"]) <= 1e-4
     np.testing.assert_allclose(served.slice_probabilities, reference["SLICE_PROBABILITIES"], rtol=0, atol=1e-5)
     assert served.positive_fraction == pytest.approx(float(reference["POSITIVE_FRACTION"][0]), abs=1e-6)
     assert served.vote_threshold == pytest.approx(served_pipeline_config.vote.positive_fraction, abs=1e-6)
@@ -36,4 +40,4 @@ def test_verdict_and_numbers_match_reference(
     assert served.lung_volume_ml > 0
     assert any(v.startswith("classifier=") for v in served.model_versions)
     assert any(v.startswith("segmenter=") for v in served.model_versions)
-    assert served.verdict == (1 if covid else 0)
+    assert served.verdict == ("positive" if covid else "negative")

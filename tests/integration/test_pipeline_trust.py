@@ -57,7 +57,9 @@ def test_implausible_volume_is_not_assessable_with_its_reason(grpc_client, name)
     assert grpc_client.is_server_ready()
 
 
-@pytest.mark.parametrize(("num_slices", "size", "covid", "seed"), [(40, 64, True, 1), (60, 128, False, 2), (90, 96, True, 3)])
+@pytest.mark.parametrize(
+    ("num_slices", "size", "covid", "seed"), [(40, 64, True, 1), (60, 128, False, 2), (90, 96, True, 3)]
+)
 def test_phantoms_are_assessed_with_whole_lung_figures(grpc_client, num_slices, size, covid, seed):
     got = answer(grpc_client, make_phantom(num_slices, size=size, covid=covid, seed=seed).volume)
     assert got["verdict"] in ("positive", "negative"), got["reasons"]

@@ -61,7 +61,8 @@ def test_profile_shapes_from_onnx_input(tmp_path):
 
 def test_profile_needs_fixed_channel_and_size():
     spec = TensorSpec("SEGMENTER_INPUT", "TYPE_FP32", (-1, 1, -1, -1))
-    with pytest.raises(ExportError, match=r"SEGMENTER_INPUT TYPE_FP32 \[-1, 1, -1, -1\]: only the slice axis may be dynamic"):
+    dynamic = r"SEGMENTER_INPUT TYPE_FP32 \[-1, 1, -1, -1\]: only the slice axis may be dynamic"
+    with pytest.raises(ExportError, match=dynamic):
         profile_shapes(spec, SliceProfile())
 
 
@@ -108,7 +109,8 @@ def test_onnx_input_spec_of_a_corrupt_file(tmp_path):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_gives_a_clear_error(tmp_path):
-    with pytest.raises(TensorRTUnavailableError, match=r"TensorRT is not importable here.*NVIDIA's TensorRT or Triton container"):
+    unavailable = r"TensorRT is not importable here.*NVIDIA's TensorRT or Triton container"
+    with pytest.raises(TensorRTUnavailableError, match=unavailable):
         require_tensorrt()
     with pytest.raises(TensorRTUnavailableError, match="trtexec_argv"):
         build_engine(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.plan")

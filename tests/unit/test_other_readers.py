@@ -12,6 +12,7 @@ import tifffile
 from covidct.errors import (
     EmptySeriesError,
     GeometryMismatchError,
+    ImplausibleSpacingError,
     PixelDecodeError,
     TooFewSlicesError,
     TooManySlicesError,
@@ -26,9 +27,9 @@ SPACING_XYZ = (0.6, 0.7, 2.0)
 
 
 def _expected_hu(seed=0):
-    """HU [N=5, H=6, W=4] in DICOM layout; even offsets so slope 2 stores them exactly."""
+    """HU [N=5, H=36, W=32] in DICOM layout; even offsets so slope 2 stores them exactly."""
     rng = np.random.default_rng(seed)
-    return (-1000 + 2 * rng.integers(0, 1200, size=(5, 6, 4))).astype(np.int16)
+    return (-1000 + 2 * rng.integers(0, 1200, size=(5, 36, 32))).astype(np.int16)
 
 
 def _nifti_data_and_affine(hu, layout):
@@ -92,7 +93,7 @@ def test_nifti_errors(tmp_path):
         read_series(tmp_path / "cut.nii")
 
 
-def _write_tiffs(folder, count, shape=(8, 8), dtype=np.uint16):
+def _write_tiffs(folder, count, shape=(32, 32), dtype=np.uint16):
     folder.mkdir()
     values = (np.arange(count)[:, None, None] * 100 + np.zeros(shape)).astype(dtype)
     for i in range(count):
@@ -117,12 +118,12 @@ def test_tiff_folder_natural_order_intercept_and_default_spacing(tmp_path):
 
 def test_tiff_folder_errors(tmp_path):
     _write_tiffs(tmp_path / "u8", 3, dtype=np.uint8)
-    expected = r"IM1\.tif: TIFF holds uint8 \(8, 8\); expected one 16-bit unsigned"
+    expected = r"IM1\.tif: TIFF holds uint8 \(32, 32\); expected one 16-bit unsigned"
     with pytest.raises(VolumeError, match=expected):
         read_series(tmp_path / "u8")
     _write_tiffs(tmp_path / "mixed", 3)
-    tifffile.imwrite(tmp_path / "mixed" / "IM4.tif", np.zeros((6, 8), np.uint16))
-    expected = r"IM4\.tif: slice shape \(6, 8\); expected \(8, 8\)"
+    tifffile.imwrite(tmp_path / "mixed" / "IM4.tif", np.zeros((40, 32), np.uint16))
+    expected = r"IM4\.tif: slice shape \(40, 32\); expected \(32, 32\)"
     with pytest.raises(GeometryMismatchError, match=expected):
         read_series(tmp_path / "mixed")
     _write_tiffs(tmp_path / "many", 4)
@@ -155,8 +156,11 @@ def test_array_source():
          r"int16 with shape \(3, 4\); expected an integer or float HU array \[N, H, W\]"),
         (np.zeros((2, 3, 4), bool), (1, 1, 1), VolumeError, r"bool with shape"),
         (np.full((2, 2, 2), np.nan), (1, 1, 1), VolumeError, r"NaN or infinite"),
-        (np.zeros((2, 2, 2), np.int16), (1, -1, 1), VolumeError,
-         r"array source: spacing_mm is \(1, -1, 1\); expected three finite positive"),
+        (np.zeros((2, 2, 2), np.int16), (1, -1, 1), ImplausibleSpacingError,
+         r"array source: spacing_mm \(1, -1, 1\), its \(y, x\) is \[-1\.0, 1\.0\] mm; expected each in \[0\.1, 12\]"),
+        (np.zeros((2, 2, 2), np.int16), (float("nan"), 1, 1), ImplausibleSpacingError,
+         r"its z is nan mm; expected in \[0\.1, 60\] mm \(ReaderConfig\.slice_spacing_mm\)"),
+        (np.zeros((2, 2, 2), np.int16), (1, 1), ImplausibleSpacingError, r"expected three finite positive mm"),
         (np.zeros((1, 2, 2), np.int16), (1, 1, 1), TooFewSlicesError,
          r"array source: the series has 1 slice"),
     ],

@@ -55,8 +55,9 @@ def test_network_inputs_equal_model_inputs_of_the_chosen_slices(phantom, prepare
     from preprocessing.model_inputs import classifier_inputs, segmenter_inputs
 
     hu = phantom.volume.hu
-    np.testing.assert_array_equal(prepared[T.CLASSIFIER_INPUT], classifier_inputs(hu[prepared[T.SELECTED_INDICES]], CONFIG))
-    np.testing.assert_array_equal(prepared[T.SEGMENTER_INPUT], segmenter_inputs(hu[prepared[T.LUNG_SLICES]], CONFIG))
+    selected, lung_slices = prepared[T.SELECTED_INDICES], prepared[T.LUNG_SLICES]
+    np.testing.assert_array_equal(prepared[T.CLASSIFIER_INPUT], classifier_inputs(hu[selected], CONFIG))
+    np.testing.assert_array_equal(prepared[T.SEGMENTER_INPUT], segmenter_inputs(hu[lung_slices], CONFIG))
 
 
 def test_preprocess_in_chunks_equals_one_pass(phantom, prepared) -> None:
@@ -76,7 +77,8 @@ def test_paper002_selection_is_available_by_name(phantom) -> None:
     out = preprocess_step(volume.hu, np.asarray(volume.spacing_mm, np.float32), config)
     from preprocessing.slice_selection import select_open_lung_slices
 
-    np.testing.assert_array_equal(out[T.SELECTED_INDICES], select_open_lung_slices(volume.hu, config.selection).indices)
+    expected = select_open_lung_slices(volume.hu, config.selection).indices
+    np.testing.assert_array_equal(out[T.SELECTED_INDICES], expected)
 
 
 def test_preprocess_refuses_a_cropped_segmenter_and_a_zero_chunk(phantom) -> None:
@@ -124,8 +126,8 @@ def test_vote_answers_not_assessable_whatever_the_probabilities(prepared) -> Non
                     _assessment(["orientation"]), CONFIG)
     assert int(out[T.VERDICT][0]) == T.VERDICT_NOT_ASSESSABLE
     assert [r["code"] for r in json.loads(out[T.ASSESSMENT][0])["reasons"]] == ["orientation"]
-    empty = vote_step(np.zeros((0, 1), np.float32), np.zeros((0, 1, 64, 64), np.float32), np.zeros((0, 32, 32), np.uint8),
-                      np.ones(3, np.float32), _assessment(), CONFIG)
+    empty = vote_step(np.zeros((0, 1), np.float32), np.zeros((0, 1, 64, 64), np.float32),
+                      np.zeros((0, 32, 32), np.uint8), np.ones(3, np.float32), _assessment(), CONFIG)
     assert int(empty[T.VERDICT][0]) == T.VERDICT_NOT_ASSESSABLE
     assert float(empty[T.LUNG_VOLUME_ML][0]) == 0.0
     assert [r["code"] for r in json.loads(empty[T.ASSESSMENT][0])["reasons"]] == ["too_few_lung_slices"]
@@ -137,7 +139,8 @@ def test_vote_refuses_inconsistent_tensors(prepared) -> None:
     good = dict(probability=np.full((k, 1), 0.5, np.float32),
                 infection_probability=np.zeros((lung.shape[0], 1, 64, 64), np.float32),
                 lung_mask=lung, mask_spacing_mm=prepared[T.MASK_SPACING_MM], assessment=_assessment(), config=CONFIG)
-    with pytest.raises(TensorInputError, match=r"slice counts differ: INFECTION_PROBABILITY has 1, LUNG_MASK has \d+; expected 1"):
+    differ = r"slice counts differ: INFECTION_PROBABILITY has 1, LUNG_MASK has \d+; expected 1"
+    with pytest.raises(TensorInputError, match=differ):
         vote_step(**{**good, "infection_probability": np.zeros((1, 1, 64, 64), np.float32)})
     with pytest.raises(TensorInputError, match=r"PROBABILITY: .*expected .*\[0, 1\]"):
         vote_step(**{**good, "probability": np.full((k, 1), 1.5, np.float32)})

@@ -29,10 +29,12 @@ def test_valid_volume_and_spacing_pass_through() -> None:
 @pytest.mark.parametrize(
     "array,pattern",
     [
-        (np.zeros((4, 32, 32), np.float32), r"HU_VOLUME: got dtype float32 \[4, 32, 32\]; expected int16 \[-1, -1, -1\]"),
+        (np.zeros((4, 32, 32), np.float32),
+         r"HU_VOLUME: got dtype float32 \[4, 32, 32\]; expected int16 \[-1, -1, -1\]"),
         (np.zeros((32, 32), np.int16), r"HU_VOLUME: got shape int16 \[32, 32\]; expected int16 \[-1, -1, -1\]"),
         (np.zeros((0, 32, 32), np.int16), r"HU_VOLUME: got int16 \[0, 32, 32\] with 0 slices; expected at least 1"),
-        (np.zeros((2, 16, 32), np.int16), r"HU_VOLUME: got int16 \[2, 16, 32\], slices 16x32 pixels; expected H, W >= 32"),
+        (np.zeros((2, 16, 32), np.int16),
+         r"HU_VOLUME: got int16 \[2, 16, 32\], slices 16x32 pixels; expected H, W >= 32"),
         ([[1, 2]], r"HU_VOLUME: got list; expected a numpy array int16"),
     ],
 )
@@ -42,7 +44,8 @@ def test_bad_volumes_are_refused(array: object, pattern: str) -> None:
 
 
 def test_too_many_slices_and_custom_name() -> None:
-    with pytest.raises(TensorInputError, match=r"SELECTED_HU: got int16 \[5, 32, 32\] with 5 slices; expected at most 4"):
+    too_many = r"SELECTED_HU: got int16 \[5, 32, 32\] with 5 slices; expected at most 4"
+    with pytest.raises(TensorInputError, match=too_many):
         validate_hu_volume(np.zeros((5, 32, 32), np.int16), "SELECTED_HU", max_slices=4)
 
 
