@@ -17,7 +17,7 @@ PYTEST_ARGS     ?=
 PERF_WHEEL      ?= tritonclient==2.50.0
 PERF_DIR        := $(TRITON_DIR)/perf_analyzer
 
-.PHONY: setup demo test test-unit test-integration lint bench clean
+.PHONY: setup pacs-tools demo test test-unit test-integration lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -39,7 +39,16 @@ $(PERF_DIR)/.installed: $(TRITON_DIR)/.installed
 	ln -sf $(abspath $(TRITON_DIR))/nvidia_pytriton.libs/libcudart-*.so.12* $(PERF_DIR)/lib/libcudart.so.12
 	touch $@
 
-setup: $(VENV)/.installed $(TRITON_DIR)/.installed $(PERF_DIR)/.installed
+# PACS tests: Orthanc with its DICOMweb plugin and dciodvfy (Debian packages, installed as root).
+# A failure does not fail setup; the PACS tests then skip with the reason.
+DEB_PACKAGES    ?= orthanc orthanc-dicomweb dicom3tools
+
+pacs-tools:
+	@command -v Orthanc >/dev/null && command -v dciodvfy >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	  || ( [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES) ) \
+	  || echo "make setup: $(DEB_PACKAGES) not installed (needs root and apt); the PACS tests will skip"
+
+setup: $(VENV)/.installed $(TRITON_DIR)/.installed $(PERF_DIR)/.installed pacs-tools
 
 demo: setup
 	COVIDCT_DATA_DIR=$${COVIDCT_DATA_DIR:-$(wildcard $(SHARED_DATA))} $(PY) -m covidct demo

@@ -24,6 +24,7 @@ from covidct.errors import (
     ClientError,
     CovidCTError,
     DeadlineExceededError,
+    DicomResultsError,
     InferenceFailedError,
     InputError,
     ModelNotReadyError,
@@ -50,6 +51,7 @@ class ExitCode(enum.IntEnum):
     MODEL_NOT_READY = 6  # the model is missing or not ready
     INFERENCE_FAILED = 7  # the server rejected or failed the request
     PARTIAL = 8  # several patients, some failed (see the report)
+    RESULTS_NOT_STORED = 9  # answered, but the DICOM SEG/SR could not be built, written or stored
     POSITIVE = 10  # at least one patient positive, none failed
     NOT_ASSESSABLE = 11  # at least one series not assessable, none positive, none failed
 
@@ -57,6 +59,7 @@ class ExitCode(enum.IntEnum):
 def exit_code_of(error: BaseException) -> ExitCode:
     """The exit code of one error (narrowest class first)."""
     for cls, code in (
+        (DicomResultsError, ExitCode.RESULTS_NOT_STORED),
         (TLSConfigError, ExitCode.TLS),
         (DeadlineExceededError, ExitCode.DEADLINE),
         (ModelNotReadyError, ExitCode.MODEL_NOT_READY),

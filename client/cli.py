@@ -8,12 +8,15 @@ Usage::
     options: --url HOST:PORT  --json  --output report.json  --overlay DIR
              --concurrency 8  --timeout 300  --shared-memory auto|on|off
              --root-cert ca.pem [--client-cert c.pem --client-key k.pem]  --header KEY=VALUE
+             --dicom-out DIR  --stow URL | --store HOST:PORT:AET  (DICOM SEG + SR per patient)
+    covidct-client listen --aet COVIDCT --port 11112 --url TRITON --stow URL|--store ...
 
 Exit codes (:class:`client.batch.ExitCode`, :data:`EXIT_CODES_HELP`): 0 all negative,
 10 any positive, 11 any series not assessable and none positive (no failure), 2 bad
 input or arguments, 3 server unavailable / wrong port / not ready, 4 deadline exceeded,
 5 TLS, 6 model missing or not ready, 7 request rejected or failed on the server,
-8 several patients and some failed (the report lists each), 1 unexpected error. A
+8 several patients and some failed (the report lists each), 9 answered but the DICOM
+results (SEG/SR) could not be built, written or stored, 1 unexpected error. A
 not-assessable series is an answer, not a failure: the rest of a batch is unaffected.
 """
 
@@ -25,10 +28,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from covidct.errors import ClientError, InputError
+from covidct.errors import ClientError, DicomResultsError, InputError, ResultStoreError
 from preprocessing.io.nifti_volume import NIFTI_SUFFIXES
 
 from client.batch import ExitCode, batch_exit_code, submit_many
+from client.pacs import DEFAULT_CALLING_AET, Destination, parse_destination
 from client.report import format_table, report_json
 from client.submit import DEFAULT_MODEL
 from client.transport import SHARED_MEMORY_MODES, TransportConfig
@@ -38,7 +42,9 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 every patient negative; 10 at least one positive; 11 at least one series not "
     "assessable (no plausible adult chest CT; reasons in the report) and none positive; 2 bad input or "
     "arguments; 3 server unavailable; 4 deadline exceeded; 5 TLS; 6 model missing/not ready; 7 request "
-    "failed on the server; 8 several patients and some failed; 1 bug. Codes 0/10/11 need every patient "
+    "failed on the server; 8 several patients and some failed; 9 answered but the DICOM results (SEG/SR) "
+    "could not be built, written or stored (--dicom-out/--stow/--store; the error names the HTTP or DIMSE "
+    "status); 1 bug. Codes 0/10/11 need every patient "
     "answered; a not-assessable series is an answer, not a failure. Answers of a demo model are marked * "
     "with its warning."
 )
@@ -75,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay-max-slices", type=int, default=0,
         help="0 = every selected slice (lung-bearing slices when none was selected)",
     )
+    parser.add_argument(
+        "--dicom-out", type=Path, metavar="DIR",
+        help="write a DICOM SEG (lung, infection) and SR (TID 1500 report) per DICOM patient here",
+    )
+    parser.add_argument("--stow", metavar="URL", help="store SEG + SR through DICOMweb STOW-RS at this service root")
+    parser.add_argument("--store", metavar="HOST:PORT:AET", help="store SEG + SR through DIMSE C-STORE")
+    parser.add_argument("--calling-aet", default=DEFAULT_CALLING_AET, help="our AE title for --store")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -133,8 +146,47 @@ def _overlay_hook(out_dir: Path, max_slices: int):
     return after
 
 
+def _dicom_hook(out_dir: Path | None, destination: Destination | None):
+    from client.dicom_results import dicom_results_for, write_dicom_results
+
+    def after(label, volume, result) -> None:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(label).name) or "series"
+        try:
+            results = dicom_results_for(label, volume, result)
+            if out_dir is not None:
+                write_dicom_results(results, out_dir, name)
+            if destination is not None:
+                destination.store(results.datasets)
+        except ResultStoreError as exc:
+            raise ResultStoreError(f"answered {result.verdict}, results not stored: {exc}", exc.status) from exc
+        except DicomResultsError as exc:
+            raise type(exc)(f"answered {result.verdict}, no DICOM results: {exc}") from exc
+
+    return after
+
+
+def _hooks(*hooks):
+    active = [hook for hook in hooks if hook is not None]
+    if not active:
+        return None
+
+    def after(label, volume, result) -> None:
+        for hook in active:
+            hook(label, volume, result)
+
+    return after
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (see the module docstring)."""
+    """Run the CLI; returns the exit code (see the module docstring).
+
+    ``covidct-client listen ...`` runs the DICOM node (:func:`client.listener.listen_main`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["listen"]:
+        from client.listener import listen_main
+
+        return listen_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -143,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         inputs = collect_inputs(args.series, args.patients, args.list_file)
         transport = transport_from_args(args)
+        destination = parse_destination(args.stow, args.store, args.calling_aet)
     except InputError as exc:
         print(f"covidct-client: {exc}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
@@ -156,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         transport=transport,
         concurrency=max(1, args.concurrency),
         progress=len(inputs) > 1 and not args.no_progress,
-        after=_overlay_hook(args.overlay, args.overlay_max_slices) if args.overlay else None,
+        after=_hooks(
+            _overlay_hook(args.overlay, args.overlay_max_slices) if args.overlay else None,
+            _dicom_hook(args.dicom_out, destination) if args.dicom_out or destination else None,
+        ),
     )
     document = report_json(outcomes, url=args.url, model=args.model)
     if args.output is not None:

@@ -47,6 +47,9 @@ WRONG_ENDPOINT_MARKERS = (
     "socket closed", "http1.x", "http/1", "trying to connect an http1", "bad http/2", "protocol error",
 )
 TLS_MARKERS = ("ssl", "tls", "handshake", "certificate")
+#: Substrings of a failure that a dying server or a dead Python-backend worker causes.
+WORKER_FAULT_MARKERS = ("stub process", "is not healthy", "stub has exited", "failed to send request to stub")
+RETRYABLE = "a server-side fault, not a problem of this series; retry the request once the server is ready"
 
 
 @dataclass(frozen=True)
@@ -208,12 +211,20 @@ def classify_failure(
                 f"endpoint (wrong port? Triton's gRPC port is 8001 by default): {message}.{may_have_run}"
             )
         if never_connected(exc):
-            return ServerUnavailableError(f"{what}: no server answers at {url} (is Triton running?): {message}")
-        return ServerUnavailableError(f"{what}: connection to {url} lost: {message}.{may_have_run}")
+            return ServerUnavailableError(
+                f"{what}: no server answers at {url} (is Triton running?): {message}. "
+                "Retryable once the server is up (it may be restarting)."
+            )
+        return ServerUnavailableError(f"{what}: connection to {url} lost ({RETRYABLE}): {message}.{may_have_run}")
     if status in ("NOT_FOUND",) or "unknown model" in details or "is not found" in details:
         return ModelNotReadyError(f"{what}: model {model!r} is not served at {url}: {message}")
     if "not ready" in details:
         return ModelNotReadyError(f"{what}: model {model!r} at {url} is not ready: {message}")
+    if sent and any(m in details for m in WORKER_FAULT_MARKERS):
+        return InferenceFailedError(
+            f"{what}: {model} at {url} failed the request ({status}) because a server worker died ({RETRYABLE}): "
+            f"{message}"
+        )
     if sent:
         return InferenceFailedError(f"{what}: {model} at {url} failed the request ({status}): {message}")
     return ClientError(f"{what}: call to {url} failed ({status}): {message}")

@@ -1,4 +1,4 @@
-"""``covidct`` command line: ``covidct serve`` and ``covidct demo``.
+"""``covidct`` command line: ``covidct serve``, ``covidct probe`` and ``covidct demo``.
 
 ``main()`` returns an exit code (0 ok, 1 a covidct error, 130 interrupted); it never
 calls ``sys.exit`` itself (``python -m covidct`` does).
@@ -15,8 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from covidct.errors import ConfigError, CovidCTError
-from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, MIB, GrpcTls, ServerConfig, TritonServer
+from covidct.errors import ConfigError, CovidCTError, RestartLimitError
+from covidct.serving.tensors import ENSEMBLE
+from covidct.supervisor import SupervisedServer, SupervisorConfig
+from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, MIB, GrpcTls, ServerConfig
 
 ADMIN_KEY_ENV = "COVIDCT_ADMIN_KEY"
 
@@ -52,12 +54,34 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         f"${ADMIN_KEY_ENV}, else a random key nobody knows: model repository, config, statistics, "
         "trace and logging stay closed while inference, health and shared memory stay open",
     )
+    serve.add_argument(
+        "--probe-interval", type=float, default=SupervisorConfig.probe_interval_s,
+        help="seconds between the supervisor's requests through the whole ensemble",
+    )
+    serve.add_argument(
+        "--max-restarts", type=int, default=SupervisorConfig.max_restarts,
+        help="restarts in a row after which the supervisor gives up (exit code 1)",
+    )
     serve.add_argument("--grpc-tls-cert", type=Path, default=None, help="PEM server certificate: gRPC over TLS")
     serve.add_argument("--grpc-tls-key", type=Path, default=None, help="PEM private key of --grpc-tls-cert")
     serve.add_argument(
         "--grpc-tls-client-ca", type=Path, default=None,
         help="PEM CA of client certificates: mutual TLS (clients must present a certificate it signed)",
     )
+
+
+def _add_probe(subparsers: argparse._SubParsersAction) -> None:
+    probe = subparsers.add_parser(
+        "probe",
+        help="exit 0 when a Triton server is healthy, 1 when not (health checks, Kubernetes probes)",
+        description="Readiness (default): one tiny request through the whole ensemble over Triton's HTTP "
+        "endpoint, plus, when the server runs on this host, a check that every Python-backend stub "
+        "process is alive. --liveness: HTTP /v2/health/live plus the process check, no inference.",
+    )
+    probe.add_argument("--url", default="127.0.0.1:8000", help="Triton's HTTP endpoint host:port (default %(default)s)")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
+    probe.add_argument("--model", default=ENSEMBLE, help="the ensemble to send the probe through")
+    probe.add_argument("--liveness", action="store_true", help="cheap check: HTTP live + stub processes")
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -90,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_serve(subparsers)
+    _add_probe(subparsers)
     _add_demo(subparsers)
     return parser
 
@@ -135,7 +160,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log_verbose=args.log_verbose,
         startup_timeout_s=args.startup_timeout,
     )
-    server = TritonServer(config)
+    supervisor = SupervisorConfig(probe_interval_s=args.probe_interval, max_restarts=args.max_restarts)
+    server = SupervisedServer(config, supervisor)
     server.start()
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill`/docker stop: stop cleanly
     try:
@@ -144,9 +170,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"  HTTP     http://{server.http_url}")
         print(f"  metrics  {server.metrics_url}")
         print(f"  log      {server.log_path}")
+        print("Supervised: a dead server or Python-backend stub is restarted on the same ports.")
         print("Press Ctrl-C to stop.", flush=True)
-        code = server.wait()
-        print(f"Triton exited with code {code}; see {server.log_path}", file=sys.stderr)
+        server.wait()
+        return 0
+    except RestartLimitError as exc:
+        print(f"{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping Triton ...", flush=True)
@@ -158,6 +187,23 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """Exit code 0 healthy, 1 unhealthy; one line on stdout (healthy) or stderr (not)."""
+    from covidct import health
+
+    port = args.url.rstrip("/").rsplit(":", 1)[-1]
+    server_pid = health.find_server(int(port)) if port.isdigit() else None
+    results = [health.probe_live(args.url, args.timeout) if args.liveness
+               else health.probe_pipeline(args.url, args.timeout, args.model)]
+    if server_pid is not None:
+        results.append(health.check_processes(server_pid))
+    failed = [r for r in results if not r.healthy]
+    for result in failed or results:
+        print(("healthy: " if result.healthy else "unhealthy: ") + result.reason,
+              file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -185,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "probe":
+            return run_probe(args)
         return run_demo_command(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

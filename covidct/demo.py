@@ -14,7 +14,6 @@ With ``COVIDCT_DATA_DIR`` pointing at the COVID-CT-MD samples, the real series
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -78,13 +77,9 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[DemoCase]
 def real_case(data_dir: Path, series: str) -> DemoCase:
     """The real series ``series`` of the COVID-CT-MD samples, with its diagnosis from labels.csv."""
     from preprocessing.io.series_reader import read_series
+    from training.file_sources import patient_diagnoses
 
-    truth = "unknown"
-    with open(data_dir / "labels.csv", newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("patient") == series:
-                truth = row.get("diagnosis", "unknown")
-                break
+    truth = patient_diagnoses(data_dir / "labels.csv").get(series) or "unknown"
     volume = read_series(data_dir / series)
     return DemoCase(f"real-{series}", truth, volume, truth == "COVID-19" if truth != "unknown" else None)
 

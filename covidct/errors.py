@@ -37,12 +37,16 @@ Layout::
     |   +-- ParityError                    exported model disagrees with torch
     |   +-- TensorRTUnavailableError       TensorRT is not installed here
     +-- ServerError                        Triton launcher problems
+    |   +-- RestartLimitError              the supervisor gave up restarting
     +-- ClientError                        client-side transport problems
         +-- ServerUnavailableError         nothing (Triton) answers / server not ready
         +-- ModelNotReadyError             model missing or not ready
         +-- DeadlineExceededError          client_timeout passed
         +-- TLSConfigError                 bad certificates or TLS handshake failure
         +-- InferenceFailedError           the server rejected or failed the request
+    +-- DicomResultsError                  DICOM SEG/SR of a patient not built, written or stored
+        +-- SourceHeaderError (ValueError) source headers lack what SEG/SR need
+        +-- ResultStoreError               the PACS is down or refused (HTTP/DIMSE status)
 """
 
 from __future__ import annotations
@@ -181,6 +185,10 @@ class ServerError(CovidCTError):
     """Starting, reaching or stopping the Triton server failed."""
 
 
+class RestartLimitError(ServerError):
+    """A supervised server failed more often in a row than its restart limit allows."""
+
+
 class ClientError(CovidCTError):
     """The client could not complete a request (transport, server, deadline)."""
 
@@ -208,3 +216,23 @@ class TLSConfigError(ClientError):
 
 class InferenceFailedError(ClientError):
     """The server received the request and rejected it or failed while running it."""
+
+
+# ---------------------------------------------------------------------- DICOM results
+class DicomResultsError(CovidCTError):
+    """The DICOM result objects (SEG, SR) of one patient could not be built, written or stored."""
+
+
+class SourceHeaderError(DicomResultsError, ValueError):
+    """The source series' headers lack what a DICOM SEG/SR needs (UIDs, geometry)."""
+
+
+class ResultStoreError(DicomResultsError):
+    """A PACS is down or refused the result objects (STOW-RS HTTP status, C-STORE DIMSE status).
+
+    ``status``: the HTTP or DIMSE status code, ``None`` when no answer came (connection).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -353,6 +353,7 @@ class TritonServer:
         self._ports: tuple[int, int, int] | None = None
         self._log_path: Path | None = None
         self._log_file = None
+        self._shm_prefix: str | None = None
 
     # -- addresses
     @property
@@ -389,6 +390,14 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
+
+    @property
+    def shm_prefix(self) -> str:
+        """Name prefix of the Python backend's shared-memory regions (``/dev/shm/<prefix>*``)
+        of the last start (``--backend-config=python,shm-region-prefix-name``)."""
+        if self._shm_prefix is None:
+            raise ServerError("the Triton server has not been started: no shared-memory prefix yet")
+        return self._shm_prefix
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -439,6 +448,7 @@ class TritonServer:
         else:
             self._log_path = Path(tempfile.mkdtemp(prefix="covidct-triton-")) / "tritonserver.log"
         shm_prefix = f"covidct_{os.getpid()}_{self._ports[1]}_"
+        self._shm_prefix = shm_prefix
         command = server_command(install, self.config, self._ports, shm_prefix)
         self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         log.info("starting Triton: %s (log %s)", " ".join(command), self._log_path)
@@ -479,8 +489,9 @@ class TritonServer:
             f"(model repository {self.config.model_repository})"
         )
 
-    def stop(self) -> int | None:
-        """Stop the server: SIGTERM, wait ``stop_timeout_s``, then SIGKILL its process group.
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Stop the server: SIGTERM, wait ``timeout_s`` (default ``stop_timeout_s``), then
+        SIGKILL its process group (the server and its Python-backend stubs).
 
         Returns the exit code (``None`` when it was never started). Safe to call twice.
         """
@@ -490,7 +501,7 @@ class TritonServer:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(timeout=self.config.stop_timeout_s)
+                    process.wait(timeout=self.config.stop_timeout_s if timeout_s is None else timeout_s)
                 except subprocess.TimeoutExpired:
                     log.warning("Triton (pid %d) ignored SIGTERM; killing its group", process.pid)
                     _kill_group(process.pid)

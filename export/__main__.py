@@ -8,7 +8,8 @@ Usage::
         [--plan classifier=classifier.plan --plan segmenter=segmenter.plan]
 
 Shows a progress bar over the steps of :func:`export.repository.generate_repository`
-and ends with a summary table (model, network, format, precision, size, parity error).
+and ends with a summary table (model, network, format, precision, size, parity error)
+and one line per model card (:meth:`training.model_card.ModelCard.summary`).
 Exit status 0 on success, 2 on a checkpoint/export error (message on stderr; no
 repository is left behind).
 """
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(summary_table(report))
     print(f"model_versions: {', '.join(report.model_versions)}")
+    for line in report.card_summaries:
+        print(f"model card {line}")
     print(f"wrote {report.path} (profile {report.profile})")
     return 0
 

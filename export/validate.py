@@ -28,7 +28,15 @@ from pathlib import Path
 
 from covidct.errors import ExportError
 from covidct.serving.backend import BACKEND_NAME as BUNDLE_BACKEND
-from export.pbtxt import CONFIG_FILENAME, TensorSpec, get_parameter, input_specs, output_specs, read_config
+from export.pbtxt import (
+    CONFIG_FILENAME,
+    TensorSpec,
+    get_parameter,
+    input_specs,
+    output_specs,
+    read_config,
+    version_dirs,
+)
 
 REQUIRED_FILES_PARAMETER = "required_files"
 
@@ -42,16 +50,12 @@ def _backend(config) -> str:
     }.get(platform, platform)
 
 
-def _version_dirs(model_dir: Path) -> list[Path]:
-    return sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-
-
 def _onnx_problems(path: Path, model: str, config) -> list[str]:
     import onnx
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError, OSError
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError: any unreadable file is a problem
         return [f"model {model!r}: {path.name} is not a readable ONNX file ({exc})"]
     problems = []
     initializers = {i.name for i in proto.graph.initializer}
@@ -71,7 +75,7 @@ def _onnx_problems(path: Path, model: str, config) -> list[str]:
 
 def _file_problems(model_dir: Path, config) -> list[str]:
     model = model_dir.name
-    versions = _version_dirs(model_dir)
+    versions = version_dirs(model_dir)
     if not versions:
         return [f"model {model!r}: no numeric version folder (e.g. {model}/1/)"]
     problems: list[str] = []
@@ -93,9 +97,12 @@ def _file_problems(model_dir: Path, config) -> list[str]:
         for name in needed:
             if not (version / name).is_file():
                 problems.append(f"model {model!r}: {where}/{name} is missing (weights or code)")
-        onnx_name = (
-            needed[0] if backend == "onnxruntime" else get_parameter(config, "onnx_file") if backend in ("python", BUNDLE_BACKEND) else None
-        )
+        if backend == "onnxruntime":
+            onnx_name = needed[0]
+        elif backend in ("python", BUNDLE_BACKEND):
+            onnx_name = get_parameter(config, "onnx_file")
+        else:
+            onnx_name = None
         if onnx_name and (version / onnx_name).is_file():
             problems += _onnx_problems(version / onnx_name, model, config)
     return problems

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from covidct.errors import ConfigError, CovidCTError
 from training.config import DATA_KINDS, OPTIMIZERS, PRESETS, TrainConfig, resolve_train_config
-from training.file_sources import LABEL_RULES
+from training.labels import LABEL_RULES
 
 TOP_LEVEL = {
     "model": "model", "input_size": "input_size", "num_outputs": "num_outputs", "epochs": "epochs",

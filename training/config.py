@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from covidct.errors import ConfigError
 from preprocessing.config import JsonConfig
 from training.augment import AugmentConfig
-from training.file_sources import DEFAULT_LABEL_RULE, LABEL_RULES
+from training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
 
 TRAIN_CONFIG_FILENAME = "train_config.json"
 DATA_KINDS = ("phantom", "lesion-insertion", "dicom-csv", "tiff", "nifti")
@@ -34,7 +34,7 @@ class DataConfig:
     insertion_copies: lesion-inserted copies per normal series (plus the normal itself).
     seg_target: segmenter target mask, ``infection`` or ``lung``.
     label_rule: how ``dicom-csv`` diagnoses and ``infected`` values become slice labels
-    (:data:`training.file_sources.LABEL_RULES`: ``covid-vs-rest`` (default),
+    (:data:`training.labels.LABEL_RULES`: ``covid-vs-rest`` (default),
     ``three-class``, ``slice-labels``); other kinds ignore it.
     """
 

@@ -94,7 +94,9 @@ def prepare_patient(
         )
         if seg_target == "infection":
             if data.infection_mask is None:
-                raise DatasetError(f"patient {data.patient_id}: the source has no infection masks to train a segmenter on")
+                raise DatasetError(
+                    f"patient {data.patient_id}: the source has no infection masks to train a segmenter on"
+                )
             target = data.infection_mask[indices]
         else:
             target = data.lung_mask[indices] if data.lung_mask is not None else lung_mask(hu, pipeline.masks)

@@ -46,34 +46,19 @@ from typing import Callable
 import numpy as np
 
 from covidct.errors import ConfigError, DatasetError
+from training.labels import (
+    ACCEPTED_DIAGNOSES,
+    DEFAULT_LABEL_RULE,
+    DIAGNOSES,
+    DIAGNOSIS_NAMES,
+    LABEL_RULES,
+)
 from training.patients import UNLABELLED, PatientCase, PatientData
 
 POSITIVE_CLASSES = {"covid", "covid19", "covid-19", "positive", "1"}
 NEGATIVE_CLASSES = {"normal", "negative", "non-covid", "noncovid", "0"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
-DIAGNOSES = {"covid-19": "covid", "covid19": "covid", "covid": "covid", "cap": "cap", "normal": "normal"}
-"""Accepted ``diagnosis`` values (lower-cased) -> canonical diagnosis."""
-DIAGNOSIS_NAMES = {"covid": "COVID-19", "cap": "CAP", "normal": "Normal"}
-ACCEPTED_DIAGNOSES = ("COVID-19", "CAP", "Normal")
-DEFAULT_LABEL_RULE = "covid-vs-rest"
-LABEL_RULES = {
-    "covid-vs-rest": (
-        "COVID-vs-rest: slices a radiologist marked infected in a COVID-19 patient are 1, its slices "
-        "marked not infected are 0, its unmarked slices are not used; every slice of CAP and Normal "
-        "patients is 0."
-    ),
-    "three-class": (
-        "Three classes per slice: 2 = infected slice of a COVID-19 patient, 1 = infected slice of a "
-        "CAP patient, 0 = uninfected slices and every slice of a Normal patient; unmarked slices of "
-        "COVID-19/CAP patients are not used."
-    ),
-    "slice-labels": (
-        "Slice label taken from the infected column as is (blank = not used), whatever the "
-        "diagnosis; patient label 1 when any slice is infected."
-    ),
-}
-"""Label rules of the dicom-csv source -> the sentence that defines them (model cards)."""
 RULES_NEEDING_DIAGNOSIS = ("covid-vs-rest", "three-class")
 
 
@@ -146,6 +131,16 @@ def _parse_labels_csv(csv_path: Path, label_rule: str) -> dict[str, list[_Row]]:
     for pid, patient_rows in rows.items():
         _check_patient_rows(pid, patient_rows, csv_path)
     return rows
+
+
+def patient_diagnoses(csv_path: str | Path) -> dict[str, str]:
+    """Patient -> diagnosis (``"COVID-19"``, ``"CAP"``, ``"Normal"``, or ``""`` when the file
+    has none) of a COVID-CT-MD ``labels.csv``; the same checks as training (DatasetError)."""
+    rows = _parse_labels_csv(Path(csv_path), "slice-labels")
+    return {
+        pid: DIAGNOSIS_NAMES.get(next((r.diagnosis for r in patient_rows if r.diagnosis), ""), "")
+        for pid, patient_rows in rows.items()
+    }
 
 
 def _check_patient_rows(pid: str, rows: list[_Row], csv_path: Path) -> None:

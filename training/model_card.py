@@ -216,10 +216,10 @@ def training_data_record(
     label_definition: str | None = None,
 ) -> TrainingData:
     """A :class:`TrainingData` entry; the label definition defaults to the source kind's
-    (dicom-csv: the label rule's, :data:`training.file_sources.LABEL_RULES`)."""
+    (dicom-csv: the label rule's, :data:`training.labels.LABEL_RULES`)."""
     if label_definition is None:
         if source_kind == "dicom-csv":
-            from training.file_sources import LABEL_RULES
+            from training.labels import LABEL_RULES
 
             label_definition = LABEL_RULES.get(label_rule or "", f"label rule {label_rule!r}")
         else:

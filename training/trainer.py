@@ -140,7 +140,9 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1}: loss is {float(loss)} (diverged); lower the learning rate")
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: loss is {float(loss)} (diverged); lower the learning rate"
+                )
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * x.shape[0]

@@ -343,6 +343,7 @@ def test_dockerfile_healthcheck_probes_readiness_with_shipped_script():
     copies = [rest for kw, rest in instructions if kw == "COPY"]
     assert any(c.split()[0] == "docker/healthcheck.py" and "/opt/covidct/healthcheck.py" in c for c in copies)
     assert "/opt/covidct/healthcheck.py" in checks[0]
+    assert '"--pipeline"' in checks[0]  # Triton stays READY after a stub died: probe the ensemble
 
 
 def test_dockerfile_pins_numpy_1_26_through_constraints():
@@ -511,6 +512,15 @@ def test_healthcheck_script_exits_1_when_not_ready(health_server):
     result = _run_healthcheck(health_server(400))
     assert result.returncode == 1
     assert re.search(r"answered HTTP 400", result.stderr)
+
+
+def test_healthcheck_pipeline_mode_exits_1_when_the_ensemble_fails(health_server):
+    result = subprocess.run(
+        [sys.executable, str(HEALTHCHECK), "--url", health_server(200), "--timeout", "3", "--pipeline"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 1
+    assert re.search(r"covid_ct_pipeline failed \(HTTP 501\)", result.stderr), result.stderr
 
 
 def test_healthcheck_script_exits_1_when_unreachable(health_server):
@@ -733,8 +743,15 @@ def test_k8s_deployment_probes_gpu_and_shm():
         "grpc": int(cmd_flag(cmd, "--grpc-port")[0]),
         "metrics": int(cmd_flag(cmd, "--metrics-port")[0]),
     }
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # Readiness: a request through the whole ensemble; liveness: HTTP live + stub processes.
+    http_target = f"127.0.0.1:{ports['http']}"
+    readiness = container["readinessProbe"]["exec"]["command"]
+    liveness = container["livenessProbe"]["exec"]["command"]
+    assert readiness[:4] == ["python3", "-m", "covidct", "probe"] and "--liveness" not in readiness
+    assert liveness[:4] == ["python3", "-m", "covidct", "probe"] and "--liveness" in liveness
+    for probe, command in (("readinessProbe", readiness), ("livenessProbe", liveness)):
+        assert command[command.index("--url") + 1] == http_target
+        assert float(command[command.index("--timeout") + 1]) < container[probe]["timeoutSeconds"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "cpu" in container["resources"]["requests"] and "memory" in container["resources"]["limits"]
     # /dev/shm from a RAM-backed emptyDir, large enough, and within the memory limit.

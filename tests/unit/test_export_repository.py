@@ -273,6 +273,8 @@ def test_cli_summary_and_errors(checkpoints, tmp_path, capsys):
     assert lines[0].split() == ["model", "network", "format", "precision", "size", "parity", "|err|", "note"]
     assert lines[2].startswith("classifier") and "cnn6" in lines[2] and "FP16 (TensorRT)" in lines[2]
     assert "export" in captured.err  # the tqdm bar
+    assert "model card classifier: cnn6 (classification): no training data recorded; DEMO - no recorded " \
+           "training data, not for clinical use" in lines
     config = read_config(out / "segmenter")
     accel = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accel.parameters["trt_profile_opt_shapes"] == f"SEGMENTER_INPUT:64x1x{SIZE}x{SIZE}"

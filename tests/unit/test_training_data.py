@@ -197,6 +197,7 @@ def test_nifti_pairs_and_errors(tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_real_covid_ct_md_covid_vs_rest(real_data_dir):
     """Default rule on the real series: positives only on the COVID-19 patient's slices
     marked infected, negatives on every CAP and Normal slice (Normal's blank column too)."""

@@ -1,0 +1,180 @@
+"""DICOM result objects of one patient: the SEG and the SR, built from the source headers.
+
+The client's reader returns a :class:`~preprocessing.volume.CTVolume` without headers;
+:func:`read_source_headers` reads the headers of the chosen series' files again (no pixel
+data) in the sorted order of ``CTVolume.source_names`` (slice i of the volume is header
+i). :func:`check_source_headers` refuses a series whose headers lack what the SEG needs
+(SOP Class/Instance UID, Study/Series UID, Frame of Reference UID, position, orientation,
+pixel spacing, matrix) with a :class:`~covidct.errors.SourceHeaderError` naming the file
+and tag. :func:`write_dicom_results` writes both objects under temporary names and
+renames them only when both are complete: a failure leaves no half-written file.
+
+Only the HU volume and the spacing go to the server; the objects are made here.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from covidct.errors import DicomResultsError, SourceHeaderError, dicom_tag
+from preprocessing.volume import CTVolume
+
+from client.dicom_seg import DicomOutputConfig, build_segmentation
+from client.dicom_sr import build_report
+from client.result import PipelineResult
+
+#: Keyword and tag of every attribute the SEG and SR need from each source header.
+REQUIRED_ATTRIBUTES = (
+    ("SOPClassUID", dicom_tag(0x0008, 0x0016)),
+    ("SOPInstanceUID", dicom_tag(0x0008, 0x0018)),
+    ("StudyInstanceUID", dicom_tag(0x0020, 0x000D)),
+    ("SeriesInstanceUID", dicom_tag(0x0020, 0x000E)),
+    ("FrameOfReferenceUID", dicom_tag(0x0020, 0x0052)),
+    ("ImagePositionPatient", dicom_tag(0x0020, 0x0032)),
+    ("ImageOrientationPatient", dicom_tag(0x0020, 0x0037)),
+    ("PixelSpacing", dicom_tag(0x0028, 0x0030)),
+    ("Rows", dicom_tag(0x0028, 0x0010)),
+    ("Columns", dicom_tag(0x0028, 0x0011)),
+)
+SEG_SUFFIX, SR_SUFFIX = "_seg.dcm", "_sr.dcm"
+
+
+@dataclass(frozen=True)
+class DicomResults:
+    """The result objects of one patient: ``segmentation`` (SEG) and ``report`` (SR)."""
+
+    segmentation: hd.seg.Segmentation
+    report: hd.sr.Comprehensive3DSR
+
+    @property
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        """``(SEG, SR)``, the order they are stored in (the SR references the SEG)."""
+        return self.segmentation, self.report
+
+
+def _read_header(root: Path, name: str, archive: zipfile.ZipFile | None) -> Dataset:
+    if archive is not None:
+        with archive.open(name) as fp:
+            return pydicom.dcmread(fp, stop_before_pixels=True)
+    path = root / name if root.is_dir() else root
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def read_source_headers(source: str | os.PathLike, source_names: Sequence[str]) -> list[Dataset]:
+    """The headers (no pixel data) of ``source_names`` inside ``source`` (DICOM folder, zip
+    or single file), in the given order.
+
+    Raises SourceHeaderError when the source is no DICOM input, names no file, or a file
+    cannot be read as DICOM.
+    """
+    root = Path(source)
+    if not source_names:
+        raise SourceHeaderError(
+            f"{root}: the series names no source file (not a DICOM input?); DICOM SEG/SR need the source headers"
+        )
+    headers: list[Dataset] = []
+    name = str(root)
+    try:
+        with ExitStack() as stack:
+            archive = None
+            if root.is_file() and root.suffix.lower() == ".zip":
+                archive = stack.enter_context(zipfile.ZipFile(root))
+            for name in source_names:
+                headers.append(_read_header(root, name, archive))
+    except (OSError, KeyError, zipfile.BadZipFile, InvalidDicomError) as exc:
+        raise SourceHeaderError(f"{root}: header of {name} cannot be read for DICOM SEG/SR ({exc})") from exc
+    return headers
+
+
+def check_source_headers(headers: Sequence[Dataset], names: Sequence[str], shape_nhw: tuple[int, int, int]) -> None:
+    """SourceHeaderError unless every header has :data:`REQUIRED_ATTRIBUTES`, one Frame of
+    Reference, one series, and the volume's slice count and ``H x W``."""
+    n, h, w = shape_nhw
+    if len(headers) != n:
+        raise SourceHeaderError(f"source series: {len(headers)} headers for a volume of {n} slices")
+    for header, name in zip(headers, names, strict=True):
+        for keyword, tag in REQUIRED_ATTRIBUTES:
+            if not str(header.get(keyword, "") or "").strip():
+                raise SourceHeaderError(f"{name}: {keyword} {tag} is missing or empty; DICOM SEG/SR need it")
+        if (int(header.Rows), int(header.Columns)) != (h, w):
+            raise SourceHeaderError(
+                f"{name}: Rows/Columns {dicom_tag(0x0028, 0x0010)} {header.Rows} x {header.Columns}; "
+                f"expected the volume's {h} x {w}"
+            )
+    for keyword, tag in (("FrameOfReferenceUID", dicom_tag(0x0020, 0x0052)),
+                         ("SeriesInstanceUID", dicom_tag(0x0020, 0x000E))):
+        values = {str(header.get(keyword)) for header in headers}
+        if len(values) > 1:
+            raise SourceHeaderError(f"source series: {len(values)} different {keyword} {tag}; expected one")
+    uids = {str(header.SOPInstanceUID) for header in headers}
+    if len(uids) != len(headers):
+        raise SourceHeaderError(
+            f"source series: {len(headers) - len(uids)} duplicate SOPInstanceUID {dicom_tag(0x0008, 0x0018)}"
+        )
+
+
+def build_dicom_results(
+    headers: Sequence[Dataset],
+    result: PipelineResult,
+    config: DicomOutputConfig = DicomOutputConfig(),
+    *,
+    names: Sequence[str] | None = None,
+) -> DicomResults:
+    """SEG and SR of ``result`` over the source ``headers`` (ascending position, one per
+    slice of the sent volume). ``names`` label the headers in error messages."""
+    names = list(names) if names is not None else [f"slice {i}" for i in range(len(headers))]
+    rows = int(headers[0].get("Rows", 0) or 0) if headers else 0
+    cols = int(headers[0].get("Columns", 0) or 0) if headers else 0
+    check_source_headers(headers, names, (result.num_slices or len(headers), rows, cols))
+    try:
+        segmentation = build_segmentation(headers, result, config)
+        report = build_report(headers, segmentation, result, config)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomResultsError(f"DICOM SEG/SR cannot be built from the source headers: {exc}") from exc
+    return DicomResults(segmentation, report)
+
+
+def dicom_results_for(
+    source: str | os.PathLike,
+    volume: CTVolume,
+    result: PipelineResult,
+    config: DicomOutputConfig = DicomOutputConfig(),
+) -> DicomResults:
+    """Read the headers of ``volume``'s source files in ``source`` and build SEG and SR."""
+    headers = read_source_headers(source, volume.source_names)
+    check_source_headers(headers, volume.source_names, volume.hu.shape)
+    return build_dicom_results(headers, result, config, names=volume.source_names)
+
+
+def write_dicom_results(results: DicomResults, out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``<out_dir>/<name>_seg.dcm`` and ``<name>_sr.dcm``; return the paths.
+
+    Both are written under temporary names first and renamed only when both are
+    complete. Raises DicomResultsError naming the file when writing fails.
+    """
+    out = Path(out_dir)
+    targets = [out / f"{name}{SEG_SUFFIX}", out / f"{name}{SR_SUFFIX}"]
+    temporaries = [path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in targets]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for dataset, temporary in zip(results.datasets, temporaries, strict=True):
+            dataset.save_as(temporary, enforce_file_format=True)
+        for temporary, target in zip(temporaries, targets, strict=True):
+            os.replace(temporary, target)
+    except OSError as exc:
+        raise DicomResultsError(f"{out}: DICOM results of {name} cannot be written ({exc.strerror})") from exc
+    finally:
+        for temporary in temporaries:
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
+    return targets
