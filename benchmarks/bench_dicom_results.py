@@ -10,7 +10,7 @@ Measured per patient, median of ``--repeats`` runs (seconds):
 - ``sr_s``: the TID 1500 report;
 - ``write_s``: writing both files (temporary names, then rename);
 - ``stow_s`` / ``cstore_s``: storing both in Orthanc through STOW-RS / C-STORE, on
-  loopback. Orthanc is started from ``tests/integration/orthanc.py`` when it is installed
+  loopback. Orthanc is started by :mod:`benchmarks.orthanc` when it is installed
   and neither ``--stow`` nor ``--store`` is given; otherwise these are skipped.
 
 Run from the repository root::
@@ -77,7 +77,7 @@ def _destinations(args, folder: Path):
         yield [d for d in (parse_destination(args.stow, None), parse_destination(None, args.store)) if d]
         return
     try:
-        from tests.integration.orthanc import orthanc_missing_reason, start_orthanc
+        from benchmarks.orthanc import orthanc_missing_reason, start_orthanc
     except ImportError:
         yield []
         return

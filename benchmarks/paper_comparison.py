@@ -138,7 +138,7 @@ def measure_row(cfg: PaperComparisonConfig, num_slices: int, url: str, client, n
         "ours_over_naive": ours / naive_median,
         "speedup_vs_naive": naive_median / ours,
         "agreement": {
-            "same_verdict": last.verdict == result.verdict,
+            "same_verdict": last.verdict == result.verdict_code,
             "same_selected_slices": bool(same_slices),
             "max_abs_probability_difference": float(
                 np.max(np.abs(last.slice_probabilities - result.slice_probabilities))

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -279,7 +280,7 @@ def listen_main(argv: Sequence[str]) -> int:
             max_series=args.max_series, max_bytes=int(args.max_mb * (1 << 20)), work_dir=args.work_dir,
         )
     except InputError as exc:
-        print(f"covidct-client listen: {exc}")
+        print(f"covidct-client listen: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     node = ListenerNode(config, args.url, destination, model=args.model)

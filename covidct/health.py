@@ -9,7 +9,9 @@ Python-backend stub processes read from ``/proc``.
 - :func:`check_processes` compares the live ``triton_python_backend_stub`` children of a
   ``tritonserver`` process with the instance counts of the Python-based models of its
   model repository (Linux ``/proc``).
-- :func:`probe_live` asks ``/v2/health/live`` (the server process answers at all).
+- :func:`probe_live` asks ``/v2/health/live`` (the server process answers at all);
+  :func:`completed_requests` reads Triton's request counters (is a slow server busy?);
+  :func:`mapped_files` lists what a process maps (who still holds a shared-memory file).
 
 Every function returns a :class:`ProbeResult` and never raises for an unhealthy server.
 """
@@ -278,3 +280,50 @@ def check_processes(server_pid: int, model_repository: Path | str | None = None)
     total = sum(state.alive.values())
     return ProbeResult(True, f"{SERVER_NAME} (pid {server_pid}) and its {total} stubs are running", None,
                        time.monotonic() - start)
+
+
+def mapped_files(pid: int) -> set[str]:
+    """Paths of the files process ``pid`` maps (``/proc/<pid>/maps``, " (deleted)" removed).
+
+    Raises PermissionError when the maps of ``pid`` cannot be read; empty when it is gone.
+    """
+    try:
+        text = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
+    paths = set()
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            paths.add(parts[5].removesuffix(" (deleted)"))
+    return paths
+
+
+def mapped_by_anyone(paths: set[str]) -> set[str]:
+    """Those of ``paths`` that some process (readable in ``/proc``) maps."""
+    found: set[str] = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                found |= mapped_files(int(name)) & paths
+            except PermissionError:
+                continue
+    return found
+
+
+def completed_requests(metrics_url: str, model: str, timeout_s: float = 5.0) -> float | None:
+    """Requests of ``model`` Triton finished (``nv_inference_request_success`` +
+    ``nv_inference_request_failure`` on its metrics page ``metrics_url``); ``None`` when unreadable."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(metrics_url, timeout=timeout_s) as response:
+            text = response.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError):
+        return None
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("nv_inference_request_success{", "nv_inference_request_failure{"))
+        and f'model="{model}"' in line
+    ]
+    return sum(counts) if counts else None

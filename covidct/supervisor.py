@@ -13,9 +13,10 @@ thread therefore checks, every ``check_interval_s``:
   error), removes the shared-memory files of the old server that no live process maps,
   waits the backoff (``backoff_initial_s`` doubling up to ``backoff_max_s``) and starts
   the server again on the same ports;
-- every ``janitor_interval_s`` it unregisters system shared-memory regions that clients
+- every ``janitor_interval_s`` it looks for system shared-memory regions that clients
   registered (``covidct_client_<pid>_...``) and that their process no longer holds
-  (the client was killed), and unlinks their ``/dev/shm`` files.
+  (the client was killed); one found in two passes in a row is unregistered and its
+  ``/dev/shm`` file unlinked.
 
 Times are seconds. Linux only (``/proc``); clients must share the supervisor's PID
 namespace for the janitor to judge their regions (same host, same container).
@@ -23,6 +24,7 @@ namespace for the janitor to judge their regions (same host, same container).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -37,7 +39,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from covidct.errors import ConfigError, RestartLimitError, ServerError
-from covidct.health import ProbeResult, check_processes, pid_alive, probe_pipeline, stub_processes
+from covidct.health import (
+    ProbeResult,
+    check_processes,
+    completed_requests,
+    mapped_by_anyone,
+    mapped_files,
+    pid_alive,
+    probe_pipeline,
+    stub_processes,
+)
+from covidct.serving.tensors import ENSEMBLE
 from covidct.triton_server import ServerConfig, TritonServer
 
 log = logging.getLogger(__name__)
@@ -55,8 +67,9 @@ class SupervisorConfig:
     probe_interval_s / probe_timeout_s: period and deadline of the ensemble probe.
     probe_failures: consecutive failed probes (error answers or refused connections) that
         trigger a restart; any failed probe clears ``ready`` at once.
-    probe_timeouts: consecutive probes without an answer that trigger a restart (a busy
-        server answers late, so this is larger).
+    probe_timeouts: consecutive probes without an answer, while the ensemble finished no
+        other request either (Triton's request counters), that trigger a restart; a probe
+        that times out behind finished requests met a busy server and counts for nothing.
     backoff_initial_s / backoff_max_s: wait before a restart, doubled per restart in a row.
     healthy_reset_s: after this long without a fault the backoff starts again at its initial value.
     max_restarts: restarts in a row (without ``healthy_reset_s`` of health in between)
@@ -98,42 +111,13 @@ def backoff_delay(config: SupervisorConfig, restart: int) -> float:
     return min(config.backoff_initial_s * 2.0 ** max(restart - 1, 0), config.backoff_max_s)
 
 
-# ----------------------------------------------------------------- shared memory (/proc)
-def mapped_files(pid: int) -> set[str]:
-    """Paths of the files process ``pid`` maps (``/proc/<pid>/maps``, " (deleted)" removed).
-
-    Raises PermissionError when the maps of ``pid`` cannot be read; empty when it is gone.
-    """
-    try:
-        text = Path(f"/proc/{pid}/maps").read_text(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return set()
-    paths = set()
-    for line in text.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            paths.add(parts[5].removesuffix(" (deleted)"))
-    return paths
-
-
-def mapped_by_anyone(paths: set[str]) -> set[str]:
-    """Those of ``paths`` that some process (readable in ``/proc``) maps."""
-    found: set[str] = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                found |= mapped_files(int(name)) & paths
-            except PermissionError:
-                continue
-    return found
-
-
+# ---------------------------------------------------------------------- shared memory
 def remove_stale_server_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
     """Unlink the files ``<shm_dir>/<prefix>*`` that no live process maps (the pools of a
     server that is gone); returns the removed paths. Call only after the server exited."""
     if not prefix:
         raise ConfigError("remove_stale_server_regions needs a non-empty prefix")
-    candidates = {str(p) for p in Path(shm_dir).glob(f"{glob_escape(prefix)}*") if p.is_file()}
+    candidates = {str(p) for p in Path(shm_dir).glob(f"{glob.escape(prefix)}*") if p.is_file()}
     removed = []
     for path in sorted(candidates - mapped_by_anyone(candidates)):
         try:
@@ -142,11 +126,6 @@ def remove_stale_server_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Pa
             continue
         removed.append(Path(path))
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob wildcards escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def client_region_pid(key: str) -> int | None:
@@ -185,25 +164,36 @@ def registered_regions(http_url: str, timeout_s: float = 5.0) -> list[dict]:
     return list(status or [])
 
 
-def sweep_client_regions(http_url: str, timeout_s: float = 5.0, shm_dir: Path = SHM_DIR) -> list[str]:
-    """Unregister the stale client regions (:func:`client_region_is_stale`) of the server at
-    ``http_url`` and unlink their files; returns the unregistered region names. A region
-    the server still uses ("in use") stays for the next sweep."""
-    swept = []
+def sweep_client_regions(
+    http_url: str, suspects: frozenset[str] = frozenset(), timeout_s: float = 5.0, shm_dir: Path = SHM_DIR
+) -> tuple[list[str], frozenset[str]]:
+    """One janitor pass over the server at ``http_url``: ``(unregistered, suspects)``.
+
+    A region judged stale (:func:`client_region_is_stale`) is unregistered, and its file
+    unlinked, only when it was already among ``suspects`` (stale in the previous pass):
+    a live client unregisters and unmaps its region right after its request, and a
+    single look may fall between the two. Regions stale for the first time, or that the
+    server still uses ("in use"), are returned as the next pass's suspects.
+    """
+    swept, stale = [], set()
     for region in registered_regions(http_url, timeout_s):
         name, key = str(region.get("name", "")), str(region.get("key", ""))
         if not client_region_is_stale(key or name, shm_dir):
+            continue
+        if name not in suspects:
+            stale.add(name)
             continue
         quoted = urllib.parse.quote(name, safe="")
         try:
             _http_json(f"http://{http_url}/v2/systemsharedmemory/region/{quoted}/unregister", timeout_s, "POST")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             log.warning("cannot unregister stale shared-memory region %s: %s", name, exc)
+            stale.add(name)
             continue
         (Path(shm_dir) / (key or name).lstrip("/")).unlink(missing_ok=True)
         log.warning("unregistered shared-memory region %s: client pid %s is gone", name, client_region_pid(key))
         swept.append(name)
-    return swept
+    return swept, frozenset(stale)
 
 
 # -------------------------------------------------------------------------- supervisor
@@ -237,6 +227,8 @@ class SupervisedServer:
         self._restarts = 0
         self._error: RestartLimitError | None = None
         self._last_probe: ProbeResult | None = None
+        self._completed: float | None = None
+        self._suspects: frozenset[str] = frozenset()
 
     # -- state
     @property
@@ -348,12 +340,13 @@ class SupervisedServer:
             if problem is None and now >= next_probe:
                 next_probe = now + s.probe_interval_s
                 result = self._last_probe = probe_pipeline(server.http_url, s.probe_timeout_s)
-                failures, timeouts = (0, 0) if result.healthy else (
+                busy = result.timed_out and self._made_progress(server)
+                failures, timeouts = (0, 0) if result.healthy or busy else (
                     failures + (not result.timed_out), timeouts + result.timed_out
                 )
                 if result.healthy:
                     self._ready.set()
-                else:
+                elif not busy:
                     self._ready.clear()
                     if failures >= s.probe_failures or timeouts >= s.probe_timeouts:
                         problem = result
@@ -372,9 +365,18 @@ class SupervisedServer:
             now = time.monotonic()
             next_probe, next_sweep, healthy_since = now, now + s.janitor_interval_s, now
 
+    def _made_progress(self, server: TritonServer) -> bool:
+        """Whether the ensemble finished requests since the last call (Triton's request
+        counters): a probe that timed out behind them met a busy server, not a hung one."""
+        done = completed_requests(server.metrics_url, ENSEMBLE, self.supervisor.probe_timeout_s)
+        previous, self._completed = self._completed, done
+        return done is not None and previous is not None and done > previous
+
     def _sweep(self, server: TritonServer) -> None:
         try:
-            for name in sweep_client_regions(server.http_url, self.supervisor.probe_timeout_s):
+            timeout_s = self.supervisor.probe_timeout_s
+            swept, self._suspects = sweep_client_regions(server.http_url, self._suspects, timeout_s)
+            for name in swept:
                 self._record("swept", f"unregistered stale client shared-memory region {name}")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             log.debug("shared-memory sweep skipped: %s", exc)

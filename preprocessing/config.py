@@ -298,7 +298,7 @@ class AssessmentConfig:
     """
 
     pixel_spacing_mm: tuple[float, float] = (0.2, 6.0)
-    slice_spacing_mm: tuple[float, float] = (0.3, 15.0)
+    slice_spacing_mm: tuple[float, float] = (0.1, 15.0)
     min_body_ml: float = 500.0
     min_lung_ml: float = 100.0
     lung_volume_ml: tuple[float, float] = (1500.0, 9000.0)

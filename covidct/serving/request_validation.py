@@ -56,8 +56,10 @@ def validate_hu_volume(
     min_slices: int = 1,
     max_slices: int = ReaderConfig.max_slices,
     min_size: int = MIN_SLICE_SIZE,
+    max_size: int = ReaderConfig.matrix_size_px[1],
 ) -> np.ndarray:
-    """An int16 HU volume ``[N, H, W]`` with ``min_slices <= N <= max_slices`` and ``H, W >= min_size``."""
+    """An int16 HU volume ``[N, H, W]`` with ``min_slices <= N <= max_slices`` and
+    ``min_size <= H, W <= max_size`` (pixels; the matrix sizes CT scanners produce)."""
     hu = check_tensor(array, name, np.int16, (None, None, None))
     n, h, w = hu.shape
     if n < min_slices:
@@ -72,17 +74,31 @@ def validate_hu_volume(
         raise TensorInputError(
             f"{name}: got {describe(hu)}, slices {h}x{w} pixels; expected H, W >= {min_size}"
         )
+    if h > max_size or w > max_size:
+        raise TensorInputError(
+            f"{name}: got {describe(hu)}, slices {h}x{w} pixels; expected H, W <= {max_size} "
+            "(the largest matrix CT scanners produce)"
+        )
     return hu
 
 
-def validate_spacing(array: object, name: str = "SPACING_MM") -> np.ndarray:
-    """Voxel spacing float32 ``[3]`` (z, y, x) in mm, finite and > 0."""
+def validate_spacing(array: object, name: str = "SPACING_MM", reader: ReaderConfig | None = None) -> np.ndarray:
+    """Voxel spacing float32 ``[3]`` (z, y, x) in mm, finite and > 0; with ``reader``, also
+    within what CT scanners produce (``reader.slice_spacing_mm`` for z,
+    ``reader.pixel_spacing_mm`` for y and x). Implausible-but-possible spacings are the
+    assessment's (``implausible_spacing``), not an error."""
     spacing = check_tensor(array, name, np.float32, (3,))
+    shown = f"[{', '.join(f'{v:g}' for v in spacing.tolist())}]"
     if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-        raise TensorInputError(
-            f"{name}: got [{', '.join(f'{v:g}' for v in spacing.tolist())}]; "
-            "expected three finite spacings > 0 mm (z, y, x)"
-        )
+        raise TensorInputError(f"{name}: got {shown}; expected three finite spacings > 0 mm (z, y, x)")
+    if reader is not None:
+        (z_low, z_high), (p_low, p_high) = reader.slice_spacing_mm, reader.pixel_spacing_mm
+        z, y, x = (float(v) for v in spacing)
+        if not (z_low <= z <= z_high and p_low <= y <= p_high and p_low <= x <= p_high):
+            raise TensorInputError(
+                f"{name}: got {shown}; expected z in [{z_low:g}, {z_high:g}] mm and y, x in "
+                f"[{p_low:g}, {p_high:g}] mm (spacings CT scanners produce)"
+            )
     return spacing
 
 

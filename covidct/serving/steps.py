@@ -127,8 +127,9 @@ def preprocess_step(
         )
     if chunk_slices < 1:
         raise ConfigError(f"preprocess chunk_slices must be >= 1; got {chunk_slices}")
-    hu = validate_hu_volume(hu_volume, T.HU_VOLUME, max_slices=config.reader.max_slices)
-    spacing = validate_spacing(spacing_mm, T.SPACING_MM)
+    reader = config.reader
+    hu = validate_hu_volume(hu_volume, T.HU_VOLUME, max_slices=reader.max_slices, max_size=reader.matrix_size_px[1])
+    spacing = validate_spacing(spacing_mm, T.SPACING_MM, reader)
     spacing_tuple = tuple(float(s) for s in spacing)
     segmentation = segment_lungs(hu, spacing_tuple, config.lung_segmentation)
     assessment = assess(segmentation, hu, spacing_tuple, config.assessment)

@@ -113,6 +113,8 @@ def trust_cases(size: int = 128, num_slices: int = 60, seed: int = 0) -> tuple[T
         TrustCase("all_air", all_air(chest), frozenset({"no_body", "no_lungs", "hu_calibration"})),
         TrustCase("noise", uniform_noise(chest, seed=seed),
                   frozenset({"hu_calibration", "no_body", "no_lungs"})),
-        TrustCase("pixel_spacing_100mm", with_spacing(chest, (z, 100.0, 100.0)), frozenset({"implausible_spacing"})),
-        TrustCase("slice_spacing_1e9mm", with_spacing(chest, (1e9, y, x)), frozenset({"implausible_spacing"})),
+        # spacings a scanner could write but no adult chest CT has; physically impossible ones
+        # (100 mm pixels, 1e9 mm slices) are refused as bad requests before any check
+        TrustCase("pixel_spacing_9mm", with_spacing(chest, (z, 9.0, 9.0)), frozenset({"implausible_spacing"})),
+        TrustCase("slice_spacing_40mm", with_spacing(chest, (40.0, y, x)), frozenset({"implausible_spacing"})),
     )

@@ -182,16 +182,17 @@ def test_listener_receives_a_series_by_c_store_and_stores_seg_and_sr(triton_serv
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_real_series_results_reference_the_uploaded_instances(triton_server, orthanc, real_data_dir, tmp_path):  # noqa: F811
+def test_real_series_without_instance_uids_is_a_clear_per_patient_error(
+    triton_server, orthanc, real_data_dir, tmp_path, capsys  # noqa: F811
+):
+    """COVID-CT-MD's anonymised files have an empty SOP Instance UID and Frame of Reference
+    UID: the answer is given, the SEG/SR are refused with the tag named, nothing is written."""
     folder = real_data_dir / "P002"
-    sources = upload(orthanc, folder)
-    report_path = tmp_path / "report.json"
+    out = tmp_path / "dicom"
     code = main([str(folder), "--url", triton_server.grpc_url, "--stow", orthanc.dicomweb_url,
-                 "--output", str(report_path), "--no-progress"])
-    report = json.loads(report_path.read_text())
-    assert code in (0, 10, 11), report
-    (seg,), (sr,) = stored(orthanc, "SEG"), stored(orthanc, "SR")
-    check_seg(seg, sources, submit(str(folder), triton_server.grpc_url))
-    check_sr(sr, seg, report)
-    for dataset in (seg, sr):
-        print(dataset.Modality, "dciodvfy:", dciodvfy_messages(dataset, tmp_path) or "clean")
+                 "--dicom-out", str(out), "--no-progress"])
+    assert code == 9
+    err = capsys.readouterr().err
+    assert "SourceHeaderError: answered" in err and "(0008,0018) is missing or empty" in err
+    assert not out.exists()
+    assert stored(orthanc, "SEG") == [] and stored(orthanc, "SR") == []

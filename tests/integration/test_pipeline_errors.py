@@ -70,6 +70,21 @@ BAD_REQUESTS = {
         ],
         r"preprocess: SPACING_MM: got \[2(\.0)?, nan, 0\.5\]; expected three finite spacings > 0 mm",
     ),
+    "slice spacing no scanner produces": (
+        lambda: [
+            tensor("HU_VOLUME", good_hu(), "INT16"),
+            tensor("SPACING_MM", np.array([1e9, 5.6, 5.6], np.float32), "FP32"),
+        ],
+        r"preprocess: SPACING_MM: got \[1e\+09, 5\.6, 5\.6\]; expected z in \[0\.1, 60\] mm and y, x in "
+        r"\[0\.1, 12\] mm",
+    ),
+    "pixel spacing no scanner produces": (
+        lambda: [
+            tensor("HU_VOLUME", good_hu(), "INT16"),
+            tensor("SPACING_MM", np.array([8.0, 100.0, 100.0], np.float32), "FP32"),
+        ],
+        r"SPACING_MM: got \[8, 100, 100\]; expected z in .* and y, x in \[0\.1, 12\] mm",
+    ),
     "slices too small": (
         lambda: [
             tensor("HU_VOLUME", np.full((3, 8, 8), -1000, np.int16), "INT16"),

@@ -19,6 +19,7 @@ from client.result import PipelineResult
 from client.submit import submit
 from client.transport import TransportConfig
 from covidct import health
+from covidct.cli import main
 from covidct.errors import ClientError
 from covidct.supervisor import (
     SHM_DIR,
@@ -56,7 +57,8 @@ with PipelineClient(sys.argv[1], transport=TransportConfig(shared_memory="on", t
 @pytest.fixture(scope="module")
 def supervised(model_repository, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("supervised_log") / "tritonserver.log"
-    config = ServerConfig(model_repository, log_path=log_path, startup_timeout_s=180)
+    # With an admin key, as `covidct serve` runs it: health, inference and shared memory stay open.
+    config = ServerConfig(model_repository, log_path=log_path, startup_timeout_s=180, admin_key="self-healing-test-key")
     watch = SupervisorConfig(
         check_interval_s=0.5, probe_interval_s=3.0, probe_timeout_s=10.0, backoff_initial_s=0.5,
         backoff_max_s=4.0, janitor_interval_s=1.0, stop_timeout_s=5.0,
@@ -115,6 +117,14 @@ def one_request_succeeds(url: str) -> bool:
         return isinstance(submit(make_phantom(40, size=64, seed=5).volume, url, transport=TRANSPORT), PipelineResult)
     except ClientError:
         return False
+
+
+def test_probe_command_on_the_healthy_server(supervised, capsys):
+    assert wait_until(lambda: supervised.ready, RECOVER_S)
+    assert main(["probe", "--url", supervised.http_url, "--timeout", "30"]) == 0
+    assert "covid_ct_pipeline answered" in capsys.readouterr().out
+    assert main(["probe", "--liveness", "--url", supervised.http_url]) == 0
+    assert "stubs are running" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("model", ["preprocess", "vote", "classifier"])

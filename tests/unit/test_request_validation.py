@@ -81,3 +81,19 @@ def test_generic_tensor_check_and_probabilities() -> None:
         check_tensor(np.zeros((2, 2), np.float32), "PROBABILITY", np.float32, (None, 1))
     with pytest.raises(TensorInputError, match=r"PROBABILITY: got values 0.1..1.2"):
         validate_probabilities(np.array([0.1, 1.2], np.float32), "PROBABILITY")
+
+
+def test_spacing_and_matrix_limits_of_what_scanners_produce() -> None:
+    from preprocessing.config import ReaderConfig
+
+    reader = ReaderConfig()
+    assert validate_spacing(np.array([2.0, 0.7, 0.7], np.float32), "SPACING_MM", reader).tolist() == pytest.approx(
+        [2.0, 0.7, 0.7]
+    )
+    huge_z = r"SPACING_MM: got \[1e\+09, 0\.7, 0\.7\]; expected z in \[0\.1, 60\] mm"
+    with pytest.raises(TensorInputError, match=huge_z):
+        validate_spacing(np.array([1e9, 0.7, 0.7], np.float32), "SPACING_MM", reader)
+    with pytest.raises(TensorInputError, match=r"y, x in \[0\.1, 12\] mm \(spacings CT scanners produce\)"):
+        validate_spacing(np.array([2.0, 100.0, 100.0], np.float32), "SPACING_MM", reader)
+    with pytest.raises(TensorInputError, match=r"slices 4100x32 pixels; expected H, W <= 4096"):
+        validate_hu_volume(np.zeros((1, 4100, 32), np.int16), "HU_VOLUME")

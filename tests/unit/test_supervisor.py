@@ -36,6 +36,12 @@ TRITON_INSTANCE_FAILED = (
     "in ensemble 'covid_ct_pipeline', Failed to process the request(s) for model instance 'vote_0_1', "
     "message: Stub process 'vote_0_1' is not healthy."
 )
+METRICS = """# HELP nv_inference_request_success Number of successful inference requests
+nv_inference_request_success{model="covid_ct_pipeline",version="1"} 41
+nv_inference_request_success{model="preprocess",version="1"} 45
+nv_inference_request_failure{model="covid_ct_pipeline",reason="BACKEND",version="1"} 3
+nv_inference_count{model="covid_ct_pipeline",version="1"} 44
+"""
 SLEEPER = "import sys, time; time.sleep(60)"
 MAPPER = (
     "import mmap, os, sys, time\n"
@@ -158,6 +164,13 @@ class TritonLike(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):
+        data = METRICS.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *args):
         pass
 
@@ -189,6 +202,13 @@ def test_probe_healthy_on_any_answer_and_times_out_on_a_slow_one(triton_like):
     assert health.probe_pipeline(triton_like("ok"), 5.0).healthy
     slow = health.probe_pipeline(triton_like("slow"), 0.5)
     assert not slow.healthy and slow.timed_out
+
+
+def test_completed_requests_reads_triton_counters(triton_like):
+    metrics_url = f"http://{triton_like('ok')}/metrics"
+    assert health.completed_requests(metrics_url, "covid_ct_pipeline") == 44.0
+    assert health.completed_requests(metrics_url, "vote") is None
+    assert health.completed_requests("http://127.0.0.1:1/metrics", "covid_ct_pipeline") is None
 
 
 def test_failing_step_from_triton_messages():
