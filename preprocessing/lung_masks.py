@@ -222,6 +222,15 @@ def _infection_chunk(hu: np.ndarray, lung: np.ndarray, config: MaskConfig) -> np
     return candidates
 
 
+def _by_chunks(shape: tuple[int, ...], count: int, step) -> tuple[np.ndarray, ...]:
+    """``count`` bool arrays of ``shape`` filled ``CHUNK_SLICES`` slices at a time by
+    ``step(start, stop, outputs)`` (intermediates of a chunk stay in cache)."""
+    outputs = tuple(np.empty(shape, dtype=bool) for _ in range(count))
+    for start in range(0, shape[0], CHUNK_SLICES):
+        step(start, start + CHUNK_SLICES, outputs)
+    return outputs
+
+
 def lung_mask(hu: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
     """Filled lung mask (bool ``[N, H, W]``) of HU slices ``[N, H, W]`` (steps 1-4).
 
@@ -229,14 +238,7 @@ def lung_mask(hu: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
     2 on 512x512 slices; a block is low-density when at least half of its pixels are)
     and the result is upsampled back to ``H x W`` (nearest).
     """
-    _check_config(config)
-    array = _check_hu(hu)
-    f, min_pixels = _work_setup(array)
-    out = np.empty(array.shape, dtype=bool)
-    for start in range(0, array.shape[0], CHUNK_SLICES):
-        stop = start + CHUNK_SLICES
-        out[start:stop] = _lung_chunk(array[start:stop], config, f, min_pixels)
-    return out
+    return lung_and_infection_masks(hu, config, infection=False)[0]
 
 
 def infection_mask(hu: np.ndarray, lung: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
@@ -248,17 +250,18 @@ def infection_mask(hu: np.ndarray, lung: np.ndarray, config: MaskConfig = MaskCo
         raise VolumeError(
             f"infection_mask: lung mask shape {lung.shape} differs from hu shape {array.shape}"
         )
-    out = np.empty(array.shape, dtype=bool)
-    for start in range(0, array.shape[0], CHUNK_SLICES):
-        stop = start + CHUNK_SLICES
-        out[start:stop] = _infection_chunk(array[start:stop], lung[start:stop], config)
-    return out
+
+    def step(start: int, stop: int, outputs: tuple[np.ndarray, ...]) -> None:
+        outputs[0][start:stop] = _infection_chunk(array[start:stop], lung[start:stop], config)
+
+    return _by_chunks(array.shape, 1, step)[0]
 
 
 def lung_and_infection_masks(
-    hu: np.ndarray, config: MaskConfig = MaskConfig()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Paper 000's masks of HU slices ``[N, H, W]``: ``(lung, infection)``, both bool ``[N, H, W]``.
+    hu: np.ndarray, config: MaskConfig = MaskConfig(), *, infection: bool = True
+) -> tuple[np.ndarray, ...]:
+    """Paper 000's masks of HU slices ``[N, H, W]``: ``(lung, infection)``, both bool ``[N, H, W]``
+    (``(lung,)`` with ``infection=False``).
 
     Same result as :func:`lung_mask` then :func:`infection_mask`, computed chunk by
     chunk (``CHUNK_SLICES`` slices) so that the intermediate arrays stay in cache.
@@ -266,11 +269,11 @@ def lung_and_infection_masks(
     _check_config(config)
     array = _check_hu(hu)
     f, min_pixels = _work_setup(array)
-    lung = np.empty(array.shape, dtype=bool)
-    infection = np.empty(array.shape, dtype=bool)
-    for start in range(0, array.shape[0], CHUNK_SLICES):
-        stop = start + CHUNK_SLICES
+
+    def step(start: int, stop: int, outputs: tuple[np.ndarray, ...]) -> None:
         chunk = array[start:stop]
-        lung[start:stop] = _lung_chunk(chunk, config, f, min_pixels)
-        infection[start:stop] = _infection_chunk(chunk, lung[start:stop], config)
-    return lung, infection
+        outputs[0][start:stop] = _lung_chunk(chunk, config, f, min_pixels)
+        if infection:
+            outputs[1][start:stop] = _infection_chunk(chunk, outputs[0][start:stop], config)
+
+    return _by_chunks(array.shape, 2 if infection else 1, step)

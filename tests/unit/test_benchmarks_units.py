@@ -231,6 +231,6 @@ def test_result_files_carry_no_absolute_paths():
 def test_absolute_path_pattern_control():
     """Control: the pattern finds machine paths and leaves URLs and relative paths alone."""
     assert ABSOLUTE_PATH.search('"out": "/tmp/pc_quiet"')
-    assert ABSOLUTE_PATH.search("/work/main/.triton/perf_analyzer/bin/perf_analyzer -m vote")
+    assert ABSOLUTE_PATH.search("/home/ci/checkout/.triton/perf_analyzer/bin/perf_analyzer -m vote")
     assert not ABSOLUTE_PATH.search(".triton/perf_analyzer/bin/perf_analyzer --input-data benchmarks/results/x.json")
     assert not ABSOLUTE_PATH.search("http://localhost:8002/metrics and demo_output/model_repository")
