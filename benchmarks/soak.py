@@ -9,8 +9,8 @@
    continues its series) and the bytes in the ``/dev/shm`` files of the server's
    Python-backend regions and of this client's regions.
 3. Growth after the warm-up plateau: for each process, the median RSS of the last quarter
-   of the run minus the median of the second quarter (bytes and percent), plus the
-   least-squares slope over the last three quarters (bytes per hour).
+   of the run minus the median of the second quarter, and minus that of the third quarter
+   (bytes and percent), plus the least-squares slope over the second half (bytes per hour).
 
 Without ``--url`` the server is started here under :class:`covidct.supervisor.SupervisedServer`
 (its restarts and events are reported); with ``--url`` the server on this host listening
@@ -120,21 +120,25 @@ def _allocated(path: Path) -> int:
 
 
 def growth(samples: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    """Median RSS of the second and last quarter of the run, their difference, and the
-    slope (bytes/hour) over the last three quarters, for process ``name``."""
+    """Memory growth of process ``name`` after the warm-up plateau: the medians (bytes) of
+    the second, third and last quarter of the run, the growth Q2 -> Q4 and Q3 -> Q4
+    (bytes, percent of the earlier median; Q3 -> Q4 when warm-up steps last into Q2), and
+    the least-squares slope over the second half (bytes per hour)."""
     points = [(s["t_s"], s["rss_bytes"][name]) for s in samples if s["rss_bytes"].get(name)]
     if len(points) < 8:
         return {"samples": len(points)}
     end = points[-1][0]
     quarter = [[v for t, v in points if q * end / 4 <= t < (q + 1) * end / 4 or (q == 3 and t == end)]
                for q in range(4)]
-    if not quarter[1] or not quarter[3]:
+    if not all(quarter[1:]):
         return {"samples": len(points)}
-    q2, q4 = statistics.median(quarter[1]), statistics.median(quarter[3])
-    tail = np.asarray([(t, v) for t, v in points if t >= end / 4], dtype=np.float64)
+    q2, q3, q4 = (statistics.median(q) for q in quarter[1:])
+    tail = np.asarray([(t, v) for t, v in points if t >= end / 2], dtype=np.float64)
     slope = float(np.polyfit(tail[:, 0], tail[:, 1], 1)[0]) * 3600 if len(tail) >= 2 else float("nan")
-    return {"samples": len(points), "median_q2_bytes": q2, "median_q4_bytes": q4, "growth_bytes": q4 - q2,
-            "growth_pct": 100.0 * (q4 - q2) / q2 if q2 else float("nan"), "slope_bytes_per_h": slope}
+    pct = lambda a, b: 100.0 * (b - a) / a if a else float("nan")  # noqa: E731
+    return {"samples": len(points), "median_q2_bytes": q2, "median_q3_bytes": q3, "median_q4_bytes": q4,
+            "growth_bytes": q4 - q2, "growth_pct": pct(q2, q4), "growth_q3_q4_bytes": q4 - q3,
+            "growth_q3_q4_pct": pct(q3, q4), "slope_bytes_per_h": slope}
 
 
 def load(url: str, volumes: list, cfg: SoakConfig, deadline: float, t0: float) -> list[dict[str, Any]]:
@@ -186,8 +190,10 @@ def summarize(records: list[dict[str, Any]], samples: list[dict[str, Any]], wall
 def to_markdown(report: dict[str, Any]) -> str:
     s, c = report["summary"], report["config"]
     mib = lambda v: f"{v / MIB:.1f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-    rows = [[n, g.get("samples"), mib(g.get("median_q2_bytes")), mib(g.get("median_q4_bytes")),
-             mib(g.get("growth_bytes")), f"{g.get('growth_pct', float('nan')):.1f}",
+    pct = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+    rows = [[n, g.get("samples"), *(mib(g.get(f"median_q{q}_bytes")) for q in (2, 3, 4)),
+             f"{mib(g.get('growth_bytes'))} ({pct(g.get('growth_pct'))} %)",
+             f"{mib(g.get('growth_q3_q4_bytes'))} ({pct(g.get('growth_q3_q4_pct'))} %)",
              mib(g.get("slope_bytes_per_h"))] for n, g in s["memory_growth"].items()]
     p50 = f"{s['p50_s']:.2f}" if s["p50_s"] is not None else "n/a"
     p99 = f"{s['p99_s']:.2f}" if s["p99_s"] is not None else "n/a"
@@ -201,9 +207,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                          report.get("restarts", "n/a")]]),
         "", f"Errors by type: {s['errors_by_type'] or 'none'}", "",
         "Memory (RSS, MiB; `dev_shm`: bytes in the /dev/shm files of the server's and this client's regions) "
-        "after the warm-up plateau: median of the second quarter vs the last quarter, and the slope over the "
-        "last three quarters.", "",
-        markdown_table(["process", "samples", "Q2 median", "Q4 median", "growth", "growth %", "slope MiB/h"], rows),
+        "after the warm-up plateau: medians of the second, third and last quarter of the run, growth Q2 -> Q4 "
+        "and Q3 -> Q4, and the least-squares slope over the second half.", "",
+        markdown_table(["process", "samples", "Q2 median", "Q3 median", "Q4 median", "growth Q2->Q4",
+                        "growth Q3->Q4", "slope MiB/h"], rows),
         "",
     ])
 
@@ -234,6 +241,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(out, cfg, "soak")
+    machine = machine_info()  # load average at the start
     volumes = [phantom_volume(cfg.slices, cfg.size, cfg.seed + i) for i in range(cfg.volumes)]
     supervised = None
     if cfg.url:
@@ -257,7 +265,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         if supervised is not None:
             supervised.stop()
     report = {
-        "machine": machine_info(),
+        "machine": machine,
         "config": dataclasses.asdict(cfg),
         "wall_s": wall_s,
         "summary": summarize(records, sampler.samples, wall_s),

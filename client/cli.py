@@ -9,6 +9,7 @@ Usage::
              --concurrency 8  --timeout 300  --shared-memory auto|on|off
              --root-cert ca.pem [--client-cert c.pem --client-key k.pem]  --header KEY=VALUE
              --dicom-out DIR  --stow URL | --store HOST:PORT:AET  (DICOM SEG + SR per patient)
+             --key-images [N]  (with the above: N Secondary Capture overlay images, default 6)
     covidct-client listen --aet COVIDCT --port 11112 --url TRITON --stow URL|--store ...
 
 Exit codes (:class:`client.batch.ExitCode`, :data:`EXIT_CODES_HELP`): 0 all negative,
@@ -38,6 +39,8 @@ from client.submit import DEFAULT_MODEL
 from client.transport import SHARED_MEMORY_MODES, TransportConfig
 
 PATIENT_FILE_SUFFIXES = (".zip", *NIFTI_SUFFIXES)
+#: Key images per patient of a bare ``--key-images``.
+DEFAULT_KEY_IMAGES = 6
 EXIT_CODES_HELP = (
     "Exit codes: 0 every patient negative; 10 at least one positive; 11 at least one series not "
     "assessable (no plausible adult chest CT; reasons in the report) and none positive; 2 bad input or "
@@ -88,8 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stow", metavar="URL", help="store SEG + SR through DICOMweb STOW-RS at this service root")
     parser.add_argument("--store", metavar="HOST:PORT:AET", help="store SEG + SR through DIMSE C-STORE")
     parser.add_argument("--calling-aet", default=DEFAULT_CALLING_AET, help="our AE title for --store")
+    parser.add_argument(
+        "--key-images", nargs="?", type=_key_image_count, const=DEFAULT_KEY_IMAGES, default=0, metavar="N",
+        help=f"with --dicom-out/--stow/--store: also a Secondary Capture series of N overlay images per patient "
+        f"(default {DEFAULT_KEY_IMAGES}; the most infected selected slices, else evenly spaced lung slices)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _key_image_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a slice count >= 0")
+    return count
 
 
 def collect_inputs(series: Sequence[Path], patients: Path | None, list_file: Path | None) -> list[Path]:
@@ -146,13 +164,16 @@ def _overlay_hook(out_dir: Path, max_slices: int):
     return after
 
 
-def _dicom_hook(out_dir: Path | None, destination: Destination | None):
+def _dicom_hook(out_dir: Path | None, destination: Destination | None, key_images: int = 0):
     from client.dicom_results import dicom_results_for, write_dicom_results
+    from client.dicom_seg import DicomOutputConfig
+
+    config = DicomOutputConfig(key_images=key_images)
 
     def after(label, volume, result) -> None:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(label).name) or "series"
         try:
-            results = dicom_results_for(label, volume, result)
+            results = dicom_results_for(label, volume, result, config)
             if out_dir is not None:
                 write_dicom_results(results, out_dir, name)
             if destination is not None:
@@ -196,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = collect_inputs(args.series, args.patients, args.list_file)
         transport = transport_from_args(args)
         destination = parse_destination(args.stow, args.store, args.calling_aet)
+        if args.key_images and args.dicom_out is None and destination is None:
+            raise InputError("--key-images: key images go with the DICOM results; add --dicom-out, --stow or --store")
     except InputError as exc:
         print(f"covidct-client: {exc}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
@@ -211,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=len(inputs) > 1 and not args.no_progress,
         after=_hooks(
             _overlay_hook(args.overlay, args.overlay_max_slices) if args.overlay else None,
-            _dicom_hook(args.dicom_out, destination) if args.dicom_out or destination else None,
+            _dicom_hook(args.dicom_out, destination, args.key_images) if args.dicom_out or destination else None,
         ),
     )
     document = report_json(outcomes, url=args.url, model=args.model)

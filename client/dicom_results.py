@@ -1,4 +1,6 @@
-"""DICOM result objects of one patient: the SEG and the SR, built from the source headers.
+"""DICOM result objects of one patient: the SEG and the SR, built from the source headers,
+and, when ``DicomOutputConfig.key_images`` asks for them, a Secondary Capture series of key
+images (:mod:`client.dicom_key_images`, made from the HU volume).
 
 The client's reader returns a :class:`~preprocessing.volume.CTVolume` without headers;
 :func:`read_source_headers` reads the headers of the chosen series' files again (no pixel
@@ -7,7 +9,7 @@ i). :func:`check_source_headers` refuses a series whose headers lack what the SE
 (SOP Class/Instance UID, Study/Series UID, Frame of Reference UID, position, orientation,
 pixel spacing, matrix) with a :class:`~covidct.errors.SourceHeaderError` naming the file
 and tag. :func:`write_dicom_results` writes both objects under temporary names and
-renames them only when both are complete: a failure leaves no half-written file.
+renames them only when all are complete: a failure leaves no half-written file.
 
 Only the HU volume and the spacing go to the server; the objects are made here.
 """
@@ -22,13 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from covidct.errors import DicomResultsError, SourceHeaderError, dicom_tag
+from covidct.errors import CovidCTError, DicomResultsError, SourceHeaderError, dicom_tag
 from preprocessing.volume import CTVolume
 
+from client.dicom_key_images import build_key_images
 from client.dicom_seg import DicomOutputConfig, build_segmentation
 from client.dicom_sr import build_report
 from client.result import PipelineResult
@@ -47,19 +51,23 @@ REQUIRED_ATTRIBUTES = (
     ("Columns", dicom_tag(0x0028, 0x0011)),
 )
 SEG_SUFFIX, SR_SUFFIX = "_seg.dcm", "_sr.dcm"
+#: File name suffix of key image number i (1-based, slice order): ``_key01.dcm``.
+KEY_IMAGE_SUFFIX = "_key{:02d}.dcm"
 
 
 @dataclass(frozen=True)
 class DicomResults:
-    """The result objects of one patient: ``segmentation`` (SEG) and ``report`` (SR)."""
+    """The result objects of one patient: ``segmentation`` (SEG), ``report`` (SR) and the
+    ``key_images`` (Secondary Capture, one series; empty unless asked for)."""
 
     segmentation: hd.seg.Segmentation
     report: hd.sr.Comprehensive3DSR
+    key_images: tuple[hd.sc.SCImage, ...] = ()
 
     @property
-    def datasets(self) -> tuple[Dataset, Dataset]:
-        """``(SEG, SR)``, the order they are stored in (the SR references the SEG)."""
-        return self.segmentation, self.report
+    def datasets(self) -> tuple[Dataset, ...]:
+        """``(SEG, SR, *key images)``, the order they are stored in (the SR references the SEG)."""
+        return self.segmentation, self.report, *self.key_images
 
 
 def _read_header(root: Path, name: str, archive: zipfile.ZipFile | None) -> Dataset:
@@ -129,9 +137,14 @@ def build_dicom_results(
     config: DicomOutputConfig = DicomOutputConfig(),
     *,
     names: Sequence[str] | None = None,
+    hu: np.ndarray | None = None,
 ) -> DicomResults:
     """SEG and SR of ``result`` over the source ``headers`` (ascending position, one per
-    slice of the sent volume). ``names`` label the headers in error messages."""
+    slice of the sent volume). ``names`` label the headers in error messages.
+
+    With ``config.key_images`` > 0 also the key images, rendered from ``hu`` (int16
+    ``[N, H, W]`` HU of the sent volume); DicomResultsError when ``hu`` is not given.
+    """
     names = list(names) if names is not None else [f"slice {i}" for i in range(len(headers))]
     rows = int(headers[0].get("Rows", 0) or 0) if headers else 0
     cols = int(headers[0].get("Columns", 0) or 0) if headers else 0
@@ -141,7 +154,17 @@ def build_dicom_results(
         report = build_report(headers, segmentation, result, config)
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomResultsError(f"DICOM SEG/SR cannot be built from the source headers: {exc}") from exc
-    return DicomResults(segmentation, report)
+    if config.key_images == 0:
+        return DicomResults(segmentation, report)
+    if hu is None:
+        raise DicomResultsError(f"key images ({config.key_images} asked for) need the HU volume; none was given")
+    try:
+        key_images = build_key_images(headers, hu, result, config)
+    except CovidCTError:
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomResultsError(f"DICOM key images cannot be built from the source headers: {exc}") from exc
+    return DicomResults(segmentation, report, tuple(key_images))
 
 
 def dicom_results_for(
@@ -150,20 +173,23 @@ def dicom_results_for(
     result: PipelineResult,
     config: DicomOutputConfig = DicomOutputConfig(),
 ) -> DicomResults:
-    """Read the headers of ``volume``'s source files in ``source`` and build SEG and SR."""
+    """Read the headers of ``volume``'s source files in ``source`` and build SEG and SR
+    (and the key images from ``volume.hu`` when ``config.key_images`` > 0)."""
     headers = read_source_headers(source, volume.source_names)
     check_source_headers(headers, volume.source_names, volume.hu.shape)
-    return build_dicom_results(headers, result, config, names=volume.source_names)
+    return build_dicom_results(headers, result, config, names=volume.source_names, hu=volume.hu)
 
 
 def write_dicom_results(results: DicomResults, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Write ``<out_dir>/<name>_seg.dcm`` and ``<name>_sr.dcm``; return the paths.
+    """Write ``<out_dir>/<name>_seg.dcm``, ``<name>_sr.dcm`` and the key images
+    ``<name>_key01.dcm``, ... (slice order); return the paths.
 
-    Both are written under temporary names first and renamed only when both are
+    All are written under temporary names first and renamed only when all are
     complete. Raises DicomResultsError naming the file when writing fails.
     """
     out = Path(out_dir)
     targets = [out / f"{name}{SEG_SUFFIX}", out / f"{name}{SR_SUFFIX}"]
+    targets += [out / f"{name}{KEY_IMAGE_SUFFIX.format(i)}" for i in range(1, len(results.key_images) + 1)]
     temporaries = [path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in targets]
     try:
         out.mkdir(parents=True, exist_ok=True)

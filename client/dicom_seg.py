@@ -52,6 +52,8 @@ class DicomOutputConfig:
 
     manufacturer / model_name / software_version: General Equipment of both objects.
     seg_series_number / sr_series_number: Series Number (0020,0011) of the new series.
+    key_images: how many key images (Secondary Capture overlays, :mod:`client.dicom_key_images`)
+        to add beside SEG and SR; 0 = none.
     """
 
     manufacturer: str = "covidct-triton"
@@ -60,6 +62,7 @@ class DicomOutputConfig:
     device_serial_number: str = "0"
     seg_series_number: int = 9801
     sr_series_number: int = 9802
+    key_images: int = 0
 
 
 def role_version(model_versions: Sequence[str], role: str) -> str:

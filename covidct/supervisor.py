@@ -362,6 +362,7 @@ class SupervisedServer:
             if streak < 0:
                 return
             failures = timeouts = 0
+            self._completed = None  # the new server counts from zero
             now = time.monotonic()
             next_probe, next_sweep, healthy_since = now, now + s.janitor_interval_s, now
 
