@@ -23,28 +23,15 @@ import json  # noqa: E402
 import platform  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.common import median_ms  # noqa: E402
+from benchmarks.common import median_ms, series_or_phantom  # noqa: E402
 from preprocessing.assessment import assess  # noqa: E402
 from preprocessing.config import PipelineConfig  # noqa: E402
 from preprocessing.lung_segmentation import block_mean, reduction_factor, segment_lungs  # noqa: E402
 from preprocessing.slice_selection import select_by_lung_area  # noqa: E402
-from preprocessing.volume import CTVolume  # noqa: E402
-
-
-def _load(args: argparse.Namespace) -> tuple[CTVolume, str]:
-    if args.series:
-        from preprocessing.io.series_reader import read_series
-
-        volume = read_series(args.series)
-        return volume, f"series {Path(args.series).name}"
-    from preprocessing.synthetic.phantom import make_phantom
-
-    phantom = make_phantom(num_slices=args.slices, size=args.size, covid=True, seed=args.seed)
-    return phantom.volume, f"phantom seed {args.seed}"
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    volume, source = _load(args)
+    volume, source = series_or_phantom(args.series, args.slices, args.size, args.seed)
     hu, spacing = volume.hu, volume.spacing_mm
     n = hu.shape[0]
     config = PipelineConfig()

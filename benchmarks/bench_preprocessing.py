@@ -24,30 +24,17 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import machine_info, median_ms, write_json  # noqa: E402
+from benchmarks.common import machine_info, median_ms, series_or_phantom, write_json  # noqa: E402
 from covidct.serving.steps import preprocess_step  # noqa: E402
 from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
 from preprocessing.hu_window import window_normalize  # noqa: E402
 from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
 from preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # noqa: E402
 from preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
-from preprocessing.volume import CTVolume  # noqa: E402
-
-
-def _load(args: argparse.Namespace) -> tuple[CTVolume, str]:
-    if args.series:
-        from preprocessing.io.series_reader import read_series
-
-        volume = read_series(args.series)
-        return volume, f"series {Path(args.series).name}"
-    from preprocessing.synthetic.phantom import make_phantom
-
-    phantom = make_phantom(num_slices=args.slices, size=args.size, covid=True, seed=args.seed)
-    return phantom.volume, f"phantom seed {args.seed}"
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    volume, source = _load(args)
+    volume, source = series_or_phantom(args.series, args.slices, args.size, args.seed)
     hu = volume.hu
     n = hu.shape[0]
     base = PipelineConfig()

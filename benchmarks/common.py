@@ -185,6 +185,16 @@ def phantom_volume(num_slices: int, size: int, seed: int):
     return make_phantom(num_slices, size=size, covid=True, seed=seed).volume
 
 
+def series_or_phantom(series: str | None, slices: int, size: int, seed: int) -> tuple[Any, str]:
+    """``(CTVolume, label)``: the series at ``series`` when given, else a COVID phantom
+    (``slices`` x ``size`` x ``size``, seeded)."""
+    if series:
+        from preprocessing.io.series_reader import read_series
+
+        return read_series(series), f"series {Path(series).name}"
+    return phantom_volume(slices, size, seed), f"phantom seed {seed}"
+
+
 @contextlib.contextmanager
 def triton_endpoint(
     repository: Path | None, url: str | None, out_dir: Path, *, log_name: str = "tritonserver.log",
