@@ -52,6 +52,7 @@ from benchmarks.common import (
 from benchmarks.naive_baseline import NaiveBaseline
 from benchmarks.plots import plot_concurrency
 from covidct.errors import BenchmarkToolError
+from covidct.serving.tensors import CLASSIFIER_INPUT
 
 PERF_ANALYZER_ENV = "COVIDCT_PERF_ANALYZER"
 ALL_MODELS = ("covid_ct_pipeline", "preprocess", "classifier", "segmenter", "vote")
@@ -248,7 +249,7 @@ def run(cfg: PerfAnalyzerConfig, progress: bool = True) -> dict[str, Any]:
             results.append(run_model(cfg, binary, model, url, data[model], out))
     (out / "perf_analyzer_commands.txt").write_text("\n".join(r["command"] for r in results) + "\n", encoding="utf-8")
     report = {"machine": machine_info(), "config": dataclasses.asdict(cfg),
-              "selected": int(tensors["classifier"]["CLASSIFIER_INPUT"].shape[0]), "results": results}
+              "selected": int(tensors["classifier"][CLASSIFIER_INPUT].shape[0]), "results": results}
     write_json(out / "perf_analyzer.json", report)
     (out / "perf_analyzer.md").write_text(to_markdown(report), encoding="utf-8")
     return report

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from covidct.errors import TensorInputError
+from covidct.serving.tensors import HU_VOLUME, SPACING_MM
 from preprocessing.config import ReaderConfig
 
 #: Smallest in-plane size (pixels) of a slice that the pipeline accepts.
@@ -51,7 +52,7 @@ def check_tensor(
 
 def validate_hu_volume(
     array: object,
-    name: str = "HU_VOLUME",
+    name: str = HU_VOLUME,
     *,
     min_slices: int = 1,
     max_slices: int = ReaderConfig.max_slices,
@@ -82,7 +83,7 @@ def validate_hu_volume(
     return hu
 
 
-def validate_spacing(array: object, name: str = "SPACING_MM", reader: ReaderConfig | None = None) -> np.ndarray:
+def validate_spacing(array: object, name: str = SPACING_MM, reader: ReaderConfig | None = None) -> np.ndarray:
     """Voxel spacing float32 ``[3]`` (z, y, x) in mm, finite and > 0; with ``reader``, also
     within what CT scanners produce (``reader.slice_spacing_mm`` for z,
     ``reader.pixel_spacing_mm`` for y and x). Implausible-but-possible spacings are the
