@@ -26,7 +26,8 @@ from pathlib import Path  # noqa: E402
 from benchmarks.common import median_ms, series_or_phantom  # noqa: E402
 from preprocessing.assessment import assess  # noqa: E402
 from preprocessing.config import PipelineConfig  # noqa: E402
-from preprocessing.lung_segmentation import block_mean, reduction_factor, segment_lungs  # noqa: E402
+from preprocessing.lung_segmentation import segment_lungs  # noqa: E402
+from preprocessing.mask_grid import block_mean, reduction_factor  # noqa: E402
 from preprocessing.slice_selection import select_by_lung_area  # noqa: E402
 
 

@@ -47,8 +47,9 @@ Statistics for the plausibility checks (:mod:`preprocessing.assessment`) are mea
 the same grid: outside-air and body-tissue HU, a histogram of body-tissue HU, the body's
 centre and the spine (the most persistent bone position over the lung slices).
 
-Cost: 0.74 ms per 512 x 512 slice on one core for 406 phantom slices (mask and checks;
-``benchmarks/bench_assessment.py``).
+Cost per slice: ``benchmarks/bench_assessment.py``, results in ``benchmarks/results/``.
+The grid helpers live in :mod:`preprocessing.mask_grid`, the airway tree in
+:mod:`preprocessing.airways`.
 Input: HU ``[N, H, W]`` (slices inferior -> superior, rows anterior -> posterior, columns
 patient right -> left), spacing ``(z, y, x)`` mm.
 """
@@ -61,15 +62,12 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.errors import VolumeError
+from preprocessing.airways import airway_tree
 from preprocessing.config import LungSegmentationConfig
+from preprocessing.mask_grid import STRUCT_2D, block_mean, bounding_box, fill_slices, reduction_factor
 
-#: Per-slice (2-D, 4-connected) structuring element for 3-D arrays.
-STRUCT_2D = np.zeros((3, 3, 3), dtype=bool)
-STRUCT_2D[1] = ndimage.generate_binary_structure(2, 1)
 #: Bin edges (HU) of :attr:`LungSegmentation.tissue_histogram`; values outside go to the end bins.
 TISSUE_HIST_EDGES = np.arange(-1100.0, 3110.0, 10.0)
-#: Slices summed per block-averaging chunk (keeps the int32 sums in cache).
-REDUCE_CHUNK = 8
 #: Half width of the band searched for the left/right junction, fraction of the grid width.
 JUNCTION_BAND = 0.15
 #: A constant grid value below this (HU) is padding outside the reconstruction circle.
@@ -78,12 +76,6 @@ PADDING_BELOW_HU = -1024
 STATS_STRIDE = 4
 #: At most this many lung slices (evenly spread) are searched for the spine.
 SPINE_SLICES = 48
-#: Step (HU) of the rising airway threshold.
-AIRWAY_STEP_HU = 25.0
-#: How far below the trachea search slab the airway region growing looks (mm), and how
-#: far sideways of the seed search band (trachea, carina and main bronchi fit inside).
-AIRWAY_REACH_MM = 150.0
-AIRWAY_LATERAL_MM = 60.0
 
 
 @dataclass(frozen=True)
@@ -146,68 +138,6 @@ class LungSegmentation:
         return self.labels > 0
 
 
-def reduction_factor(height: int, width: int, mask_size: int) -> int:
-    """In-plane integer reduction that brings ``min(H, W)`` to about ``mask_size`` (>= 1)."""
-    return max(1, int(round(min(height, width) / mask_size)))
-
-
-def block_mean(hu: np.ndarray, factor: int) -> np.ndarray:
-    """int16 ``[N, H // factor, W // factor]``: mean HU of each ``factor x factor`` block (floor)."""
-    n, height, width = hu.shape
-    h, w = height // factor, width // factor
-    src = hu[:, : h * factor, : w * factor]
-    if factor == 1:
-        return np.ascontiguousarray(src, dtype=np.int16)
-    out = np.empty((n, h, w), dtype=np.int16)
-    area = factor * factor
-    for i in range(0, n, REDUCE_CHUNK):
-        rows = src[i: i + REDUCE_CHUNK].reshape(-1, h, factor, w * factor)
-        acc = rows[:, :, 0, :].astype(np.int32)
-        for k in range(1, factor):
-            acc += rows[:, :, k, :]
-        acc = acc.reshape(-1, h, w, factor)
-        total = acc[..., 0].copy()
-        for k in range(1, factor):
-            total += acc[..., k]
-        out[i: i + REDUCE_CHUNK] = total // area
-    return out
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
-    """Slices of the bounding box of a bool ``[N, h, w]`` mask, grown in-plane by ``margin``; None if empty."""
-    z = np.flatnonzero(mask.any(axis=(1, 2)))
-    if z.size == 0:
-        return None
-    plane = mask[z[0]: z[-1] + 1].any(axis=0)
-    r = np.flatnonzero(plane.any(axis=1))
-    c = np.flatnonzero(plane.any(axis=0))
-    h, w = plane.shape
-    return (slice(int(z[0]), int(z[-1]) + 1),
-            slice(max(0, int(r[0]) - margin), min(h, int(r[-1]) + 1 + margin)),
-            slice(max(0, int(c[0]) - margin), min(w, int(c[-1]) + 1 + margin)))
-
-
-def fill_slices(mask: np.ndarray) -> np.ndarray:
-    """bool ``[N, h, w]``: ``mask`` with its 2-D holes filled, slice by slice.
-
-    Works on the mask's bounding box grown by one pixel (the ring outside it is
-    background connected to the box border, so holes are found as in the whole slice).
-    """
-    out = mask.copy()
-    box = bounding_box(mask, margin=1)
-    if box is None:
-        return out
-    sub = mask[box]
-    labels, count = ndimage.label(~sub, STRUCT_2D)
-    border = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                             labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
-    inside = np.ones(count + 1, dtype=bool)
-    inside[border] = False
-    inside[0] = True
-    out[box] = inside[labels]
-    return out
-
-
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count == 0:
@@ -245,102 +175,6 @@ def optimal_threshold(values: np.ndarray, limits: tuple[float, float]) -> float:
             break
         threshold = new
     return float(np.clip(threshold, low, high))
-
-
-def _trachea_candidates(
-    grown: np.ndarray, count: int, body: np.ndarray, z0: int, spacing: tuple[float, float, float],
-    config: LungSegmentationConfig,
-) -> np.ndarray:
-    """bool ``[count + 1]``: components that look like the trachea in slices ``z0..`` (the slab).
-
-    A candidate crosses at least two slab slices with a median cross-section inside
-    ``trachea_area_mm2``, its median column within ``trachea_max_offset_mm`` of the
-    body's centre column.
-    """
-    _, dy, dx = spacing
-    slab = grown[z0:]
-    k, h, w = slab.shape
-    offsets = (np.arange(k)[:, None] * (count + 1) + slab.reshape(k, -1)).ravel()
-    area = np.bincount(offsets, minlength=k * (count + 1)).reshape(k, count + 1).astype(np.float64)
-    cols = np.broadcast_to(np.arange(w, dtype=np.float64), slab.shape).reshape(-1)
-    col_sum = np.bincount(offsets, weights=cols, minlength=k * (count + 1)).reshape(k, count + 1)
-    body_cols = body[z0:].sum(axis=1, dtype=np.float64)  # [k, w]
-    centre = (body_cols @ np.arange(w)) / np.maximum(body_cols.sum(axis=1), 1)
-    offset = np.abs(col_sum / np.maximum(area, 1) - centre[:, None]) * dx
-    present = area > 0
-    area_mm2 = np.where(present, area * dy * dx, np.nan)
-    offset = np.where(present, offset, np.nan)
-    enough = present.sum(axis=0) >= 2
-    with np.errstate(all="ignore"):
-        median_area = np.nanmedian(np.where(enough[None, :], area_mm2, 0.0), axis=0)
-        median_offset = np.nanmedian(np.where(enough[None, :], offset, np.inf), axis=0)
-    lo_area, hi_area = config.trachea_area_mm2
-    ok = enough & (median_area >= lo_area) & (median_area <= hi_area) & (median_offset <= config.trachea_max_offset_mm)
-    ok[0] = False
-    return ok
-
-
-def _airway(
-    low: np.ndarray, v: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float],
-    config: LungSegmentationConfig,
-) -> tuple[np.ndarray, bool]:
-    """(bool airway ``[N, h, w]``, leaked): the trachea and main bronchi (see module docstring).
-
-    Region growing with a rising threshold, from ``gas_threshold_hu`` up to
-    ``airway_threshold_hu`` in ``AIRWAY_STEP_HU`` steps: the seed is the largest
-    trachea-like component (:func:`_trachea_candidates`) at the first threshold that has
-    one; at each higher threshold the component holding the seed replaces the tree
-    unless it exceeds ``max_airway_ml`` (a leak into the lungs: growth stops there).
-    ``leaked`` is True when already the first tree is too large (nothing is removed).
-    """
-    dz, dy, dx = spacing
-    airway = np.zeros_like(low)
-    body_slices = np.flatnonzero(body.any(axis=(1, 2)))
-    if body_slices.size == 0:
-        return airway, False
-    top = int(body_slices[-1])
-    depth = config.trachea_search_mm / dz
-    z_slab = max(0, top - int(min(depth, top)))
-    z0 = max(0, top - int(min(depth + AIRWAY_REACH_MM / dz, top)))
-    box = bounding_box(body[z0: top + 1])
-    if box is None:
-        return airway, False
-    # In-plane: the body's rows, and columns within reach of the centre column.
-    cols = body[z0: top + 1].sum(axis=(0, 1), dtype=np.float64)
-    centre = float(cols @ np.arange(cols.size) / max(cols.sum(), 1.0))
-    reach = (config.trachea_max_offset_mm + AIRWAY_LATERAL_MM) / dx
-    c0 = max(box[2].start, int(centre - reach)) if np.isfinite(reach) else box[2].start
-    c1 = min(box[2].stop, int(centre + reach) + 1) if np.isfinite(reach) else box[2].stop
-    region = (slice(z0, top + 1), box[1], slice(c0, max(c1, c0 + 1)))
-    sub_low, sub_v, sub_body = low[region], v[region], body[region]
-    voxel_ml = dz * dy * dx / 1000.0
-    seed: tuple[int, int, int] | None = None
-    tree: np.ndarray | None = None
-    threshold = config.gas_threshold_hu
-    while threshold <= config.airway_threshold_hu + 1e-6:
-        grown, count = ndimage.label(sub_low & (sub_v < threshold))
-        threshold += AIRWAY_STEP_HU
-        if count == 0:
-            continue
-        if seed is None:
-            ok = _trachea_candidates(grown, count, sub_body, z_slab - z0, spacing, config)
-            if not ok.any():
-                continue
-            volume = np.bincount(grown.ravel(), minlength=count + 1)
-            best = int(np.flatnonzero(ok)[np.argmax(volume[ok])])
-            component = grown == best
-            if volume[best] * voxel_ml > config.max_airway_ml:
-                return airway, True
-            seed = tuple(int(i) for i in np.argwhere(component)[0])  # type: ignore[assignment]
-            tree = component
-            continue
-        component = grown == grown[seed]
-        if component.sum() * voxel_ml > config.max_airway_ml:
-            break
-        tree = component
-    if tree is not None:
-        airway[region] = tree
-    return airway, False
 
 
 def _split(lung: np.ndarray, centre_col: float) -> np.ndarray:
@@ -423,7 +257,7 @@ def segment_lungs(
     threshold = optimal_threshold(v_sample[body_sample], config.lung_threshold_range_hu)
     low = body & (v < threshold)
 
-    airway, leaked = _airway(low, v, body, grid, config)
+    airway, leaked = airway_tree(low, v, body, grid, config)
     airway_box = bounding_box(airway, margin=1)
     widened = None
     if airway_box is not None:

@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import LungSegmentationConfig
-from preprocessing.lung_segmentation import block_mean, fill_slices, reduction_factor, segment_lungs
+from preprocessing.lung_segmentation import segment_lungs
+from preprocessing.mask_grid import block_mean, fill_slices, reduction_factor
 from preprocessing.synthetic.phantom import make_phantom
 
 SERIES = ("P002", "cap002", "normal002")
