@@ -1,4 +1,5 @@
-"""Write small, valid CT DICOM series with pydicom, for reader tests and benchmarks.
+"""Write small CT DICOM series with pydicom for the reader tests: the headers a scanner
+writes, and the broken variants the error tests need.
 
 Each file carries the tags a CT scanner writes (CT Image Storage, UIDs, patient
 position/orientation, pixel spacing, slice thickness, rescale, 16-bit signed pixels).
