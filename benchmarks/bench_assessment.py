@@ -19,11 +19,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-from benchmarks.common import median_ms, series_or_phantom  # noqa: E402
+from benchmarks.common import add_volume_arguments, median_ms, series_or_phantom, write_json  # noqa: E402
 from preprocessing.assessment import assess  # noqa: E402
 from preprocessing.config import PipelineConfig  # noqa: E402
 from preprocessing.lung_segmentation import segment_lungs  # noqa: E402
@@ -93,17 +91,12 @@ def _print(result: dict[str, object]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=406, help="phantom slices N (default 406)")
-    parser.add_argument("--size", type=int, default=512, help="phantom slice size in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
-    parser.add_argument("--series", type=str, default="", help="benchmark a real series instead")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per stage (median reported)")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_volume_arguments(parser, repeats=5)
     args = parser.parse_args(argv)
     result = run(args)
     _print(result)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, result)
     return 0
 
 

@@ -20,11 +20,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import machine_info, median_ms, series_or_phantom, write_json  # noqa: E402
+from benchmarks.common import add_volume_arguments, machine_info, median_ms, series_or_phantom, write_json  # noqa: E402
 from covidct.serving.steps import preprocess_step  # noqa: E402
 from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
 from preprocessing.hu_window import window_normalize  # noqa: E402
@@ -106,12 +105,7 @@ def _print(result: dict[str, object]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=406, help="phantom slices N (default 406)")
-    parser.add_argument("--size", type=int, default=512, help="phantom slice size in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
-    parser.add_argument("--series", type=str, default="", help="benchmark a real series instead")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per stage (median reported)")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_volume_arguments(parser, repeats=3)
     args = parser.parse_args(argv)
     result = run(args)
     _print(result)

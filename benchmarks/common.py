@@ -185,6 +185,17 @@ def phantom_volume(num_slices: int, size: int, seed: int):
     return make_phantom(num_slices, size=size, covid=True, seed=seed).volume
 
 
+def add_volume_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The in-process benchmarks' options: the volume (``--slices/--size/--seed`` phantom or
+    ``--series``), ``--repeats`` per stage and the JSON ``--out`` file."""
+    parser.add_argument("--slices", type=int, default=406, help="phantom slices N (default 406)")
+    parser.add_argument("--size", type=int, default=512, help="phantom slice size in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    parser.add_argument("--series", type=str, default="", help="benchmark a real series instead")
+    parser.add_argument("--repeats", type=int, default=repeats, help="runs per stage (median reported)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+
 def series_or_phantom(series: str | None, slices: int, size: int, seed: int) -> tuple[Any, str]:
     """``(CTVolume, label)``: the series at ``series`` when given, else a COVID phantom
     (``slices`` x ``size`` x ``size``, seeded)."""
