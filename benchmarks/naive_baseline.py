@@ -74,6 +74,11 @@ class NaiveBaseline:
             raise ConfigError(f"naive baseline backend {backend!r}; expected one of {self.BACKENDS}")
         self.repository = Path(repository)
         self.config = PipelineConfig.load(latest_version_dir(self.repository / "preprocess"))
+        # The per-slice numerics run with the torch threads the served preprocess step uses.
+        from export.pbtxt import get_parameter, read_config
+        from preprocessing.devices import set_intra_op_threads
+
+        set_intra_op_threads(int(get_parameter(read_config(self.repository / "preprocess"), "intra_op_threads", "0")))
         self.backend = backend
         self.device = device
         self.networks = {}

@@ -5,7 +5,10 @@ Keras on a Tesla P100), a phantom series of that many 512x512 slices is sent
 through the client (:func:`client.submit.submit`) ``--repeats`` times after
 ``--warmup`` requests; the median and p95 of the end-to-end latency, Triton's per-step
 breakdown (deltas of ``get_inference_statistics``, mean ms per request) and the
-speed-up over the paper are reported. In the same run the naive baseline
+speed-up over the paper are reported, beside the bytes each step moves per request
+(:mod:`benchmarks.bytes_moved`: tensor sizes at the client boundary and into/out of every
+step, computed in-process with the served settings and checked against the answer's
+shapes). In the same run the naive baseline
 (:mod:`benchmarks.naive_baseline`: one slice at a time, FP32, no server) classifies the
 same series, so every report has a measured ratio ours / naive.
 
@@ -33,6 +36,7 @@ import tritonclient.grpc as grpcclient
 from tqdm import tqdm
 
 from benchmarks.bench_serving import ENSEMBLE, STEPS, breakdown, model_stats
+from benchmarks.bytes_moved import bytes_moved, bytes_table, served_request_tensors
 from benchmarks.common import (
     add_server_arguments,
     fit_latency,
@@ -48,7 +52,9 @@ from benchmarks.common import (
 from benchmarks.naive_baseline import NaiveBaseline
 from benchmarks.plots import plot_paper_comparison
 from benchmarks.prom_metrics import BenchmarkMetrics
+from client.result import PipelineResult
 from client.submit import submit
+from covidct.serving import tensors as T
 
 PAPER_TABLE5_S = {35: 2.30, 52: 3.15, 56: 3.31, 65: 3.56, 130: 9.88, 198: 12.44, 355: 13.24, 406: 23.65}
 """Paper 002, Table 5: end-to-end seconds per patient by slice count (Keras, Tesla P100)."""
@@ -97,6 +103,20 @@ def paper_seconds(num_slices: int) -> tuple[float, bool]:
     return float(np.interp(num_slices, xs, [PAPER_TABLE5_S[x] for x in xs])), True
 
 
+def response_shape_mismatches(tensors: dict[str, np.ndarray], result: PipelineResult) -> list[str]:
+    """Answer tensors whose in-process shape (:func:`benchmarks.bytes_moved.served_request_tensors`)
+    differs from the served answer's, or ``MODEL_VERSIONS`` when the entries differ; ``[]`` when all agree."""
+    served = {T.SLICE_PROBABILITIES: result.slice_probabilities, T.SELECTED_INDICES: result.selected_indices,
+              T.LUNG_SLICES: result.lung_slices, T.LUNG_MASK: result.lung_mask,
+              T.INFECTION_MASK: result.infection_mask}
+    wrong = [f"{name}: {list(tensors[name].shape)} in-process, {list(np.shape(array))} served"
+             for name, array in served.items() if tuple(tensors[name].shape) != tuple(np.shape(array))]
+    versions = tuple(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensors[T.MODEL_VERSIONS])
+    if versions != tuple(result.model_versions):
+        wrong.append(f"{T.MODEL_VERSIONS}: {list(versions)} in-process, {list(result.model_versions)} served")
+    return wrong
+
+
 def measure_row(cfg: PaperComparisonConfig, num_slices: int, url: str, client, naive: NaiveBaseline,
                 metrics: BenchmarkMetrics) -> dict[str, Any]:
     """Triton and naive latencies of one phantom series of ``num_slices`` slices."""
@@ -120,6 +140,8 @@ def measure_row(cfg: PaperComparisonConfig, num_slices: int, url: str, client, n
     naive_median = statistics.median(naive_lat)
     last = naive_runs[-1]
     same_slices = np.array_equal(last.selected_indices, result.selected_indices)
+    tensors = served_request_tensors(cfg.model_repository, volume.hu, volume.spacing_mm)
+    moved = bytes_moved(Path(cfg.model_repository) / ENSEMBLE, tensors)
     return {
         "slices": num_slices,
         "size": cfg.size,
@@ -145,6 +167,8 @@ def measure_row(cfg: PaperComparisonConfig, num_slices: int, url: str, client, n
             ) if same_slices and len(last.slice_probabilities) else None,
         },
         "server_ms_per_request": {m: breakdown(before[m], after[m]) for m in (ENSEMBLE, *STEPS)},
+        "bytes_per_request": moved.to_dict(),
+        "bytes_shape_mismatches": response_shape_mismatches(tensors, result),
     }
 
 
@@ -166,6 +190,9 @@ def to_markdown(report: dict[str, Any]) -> str:
                          for s in (ENSEMBLE, *STEPS)]] for r in rows],
     )
     fit = report["fit"]
+    moved = [(r["slices"], r["bytes_per_request"]) for r in rows if "bytes_per_request" in r]
+    mismatches = [f"{r['slices']} slices: {'; '.join(r['bytes_shape_mismatches'])}"
+                  for r in rows if r.get("bytes_shape_mismatches")]
     lines = [
         "# Paper 002 Table 5 vs this pipeline",
         "",
@@ -186,6 +213,18 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Latency fit (ours): {fit['fixed_s'] * 1e3:.1f} ms + {fit['per_slice_s'] * 1e3:.3f} ms/slice "
         f"(R^2 {fit['r2']:.3f}, {fit['points']} points).",
+        "",
+        "## Bytes moved per request and step (tensor sizes, MB = 10^6 bytes)",
+        "",
+        bytes_table(moved),
+        "",
+        "client in: `HU_VOLUME` + `SPACING_MM` (inside the gRPC message, or a shared-memory region on the "
+        "same host); client out: every ensemble output. Step in/out: the tensors copied between Triton's core "
+        "and the step's Python stub. Numeric tensors count shape x itemsize, BYTES tensors their UTF-8 "
+        "length + 4 bytes per element. Full-volume crossings: step inputs/outputs at least as large as "
+        "`HU_VOLUME`. Sizes computed in-process with the served settings; "
+        + ("answer shapes differ from the served ones: " + " | ".join(mismatches) if mismatches
+           else "every answer shape and the model versions equal the served answer's."),
         "",
     ]
     return "\n".join(lines)

@@ -41,6 +41,10 @@ from covidct.serving.backend import BACKEND_NAME, backend_model_file
 log = logging.getLogger(__name__)
 
 TRITON_DIR_ENV = "COVIDCT_TRITON_DIR"
+CUDA_POOL_BYTES = 4 * 1024**3
+"""CUDA memory pool of GPU 0 for the ``KIND_GPU`` steps: one 2,000-slice series' network inputs
+and infection probabilities, 2,000 x (512^2 + 2 x 256^2) x 4 bytes = 2.9 GiB, with headroom.
+Triton's default (64 MB) fails such requests with "failed to load GPU buffers"."""
 STUB_NAME = "triton_python_backend_stub"
 LOG_TAIL_LINES = 40
 MIB = 1024 * 1024
@@ -109,7 +113,11 @@ class ServerConfig:
         per model instance and its growth step (bytes); large CT volumes need 64 MB+.
     startup_timeout_s: how long to wait for ``/v2/health/ready``.
     stop_timeout_s: how long to wait after SIGTERM before SIGKILL.
-    gpu: leave GPU support on (pinned memory pool, GPU metrics); off on CPU machines.
+    gpu: leave GPU support on (pinned memory pool, GPU metrics, the CUDA memory pool of
+        GPU 0 sized ``cuda_memory_pool_byte_size``); off on CPU machines.
+    cuda_memory_pool_byte_size: Triton's CUDA memory pool of GPU 0 (bytes), through which
+        the ``KIND_GPU`` Python steps hand on GPU tensors; :data:`CUDA_POOL_BYTES` holds a
+        2,000-slice series.
     log_path: server log file; ``None`` writes one into a fresh temporary folder.
     triton_dir: the installation; ``None`` uses ``$COVIDCT_TRITON_DIR`` or ``<repo>/.triton``.
     log_verbose: Triton's ``--log-verbose`` level.
@@ -135,6 +143,7 @@ class ServerConfig:
     startup_timeout_s: float = 180.0
     stop_timeout_s: float = 30.0
     gpu: bool = False
+    cuda_memory_pool_byte_size: int = CUDA_POOL_BYTES
     log_path: Path | str | None = None
     triton_dir: Path | str | None = None
     log_verbose: int = 0
@@ -337,7 +346,9 @@ def server_command(
         ]
     if config.grpc_tls is not None:
         command += config.grpc_tls.arguments()
-    if not config.gpu:
+    if config.gpu:
+        command.append(f"--cuda-memory-pool-byte-size=0:{config.cuda_memory_pool_byte_size}")
+    else:
         command.append("--pinned-memory-pool-byte-size=0")
     command.extend(config.extra_args)
     return command

@@ -26,7 +26,10 @@ files, no weights). :func:`generate_repository`:
    the card is copied beside each runner's weights and into its ONNX metadata, and the
    vote model's version folder gets ``model_cards.json``
    (``{"classifier": <card>, "segmenter": <card>}``), which the vote step returns with
-   every answer;
+   every answer; with GPU instances (``gpu=True``, and always in the container profile)
+   every model is ``KIND_GPU`` and the Python models take their inputs where they lie
+   (``FORCE_CPU_ONLY_INPUT_TENSORS: "no"``), so the large tensors stay on the GPU from
+   step to step;
 6. validates the result (:mod:`export.validate`) and renames it into place. On any
    error the temporary folder is removed: no half-written repository is left.
 """
@@ -179,7 +182,7 @@ def _install_runner(
     if profile == "portable":
         shutil.copy2(ckpt.directory / WEIGHTS_FILENAME, version / WEIGHTS_FILENAME)
         shutil.copy2(ckpt.directory / MODEL_CONFIG_FILENAME, version / MODEL_CONFIG_FILENAME)
-        set_instance_kind(config, "KIND_GPU" if options.gpu else "KIND_CPU")
+        _set_device(config, options.gpu)
         _add_required(config, [ONNX_FILENAME, WEIGHTS_FILENAME, MODEL_CONFIG_FILENAME, PIPELINE_CONFIG_FILENAME,
                                CARD_FILENAME])
         write_config(config, model_dir, header)
@@ -216,8 +219,19 @@ def model_cards_document(ckpts: dict[str, _Checkpoint]) -> dict[str, dict]:
     return {role: ckpts[role].card.to_dict() for role in RUNNER_MODELS}
 
 
+GPU_INPUTS_PARAMETER = "FORCE_CPU_ONLY_INPUT_TENSORS"
+"""Python-backend model parameter: ``"no"`` hands inputs over where they lie (GPU memory stays on the GPU)."""
+
+
+def _set_device(config, gpu: bool) -> None:
+    """``KIND_GPU`` instances that take their inputs in GPU memory (DLPack), or ``KIND_CPU``."""
+    set_instance_kind(config, "KIND_GPU" if gpu else "KIND_CPU")
+    if gpu:
+        set_parameter(config, GPU_INPUTS_PARAMETER, "no")
+
+
 def _configure_python_models(repo: Path, pipeline_config, model_versions: list[str], profile: str,
-                             cards: dict[str, dict]) -> None:
+                             cards: dict[str, dict], gpu: bool = False) -> None:
     for model in PIPELINE_CONFIG_MODELS:
         model_dir = repo / model
         if not (model_dir / CONFIG_FILENAME).is_file():
@@ -234,6 +248,7 @@ def _configure_python_models(repo: Path, pipeline_config, model_versions: list[s
             (version / MODEL_CARDS_FILENAME).write_text(text, encoding="utf-8")
             required.append(MODEL_CARDS_FILENAME)
         _add_required(config, required)
+        _set_device(config, gpu)
         write_config(config, model_dir, _header(model_dir, profile))
 
 
@@ -303,7 +318,7 @@ def generate_repository(
             versions.append(entry)
             report_step(model)
         _configure_python_models(tmp, ckpts["classifier"].pipeline_config, versions, profile,
-                                 model_cards_document(ckpts))
+                                 model_cards_document(ckpts), gpu=options.gpu or profile == "container")
         report_step("configs")
         check_repository(tmp)
         report_step("validate")

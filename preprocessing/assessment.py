@@ -145,7 +145,7 @@ def assess(
     Raises:
         VolumeError: ``hu``'s shape is not the segmentation's source shape.
     """
-    shape = tuple(np.shape(hu))
+    shape = tuple(int(d) for d in getattr(hu, "shape", np.shape(hu)))
     if shape != tuple(segmentation.source_shape):
         raise VolumeError(f"assess: hu has shape {shape}; the segmentation was computed on {segmentation.source_shape}")
     try:

@@ -89,6 +89,10 @@ class JsonConfig:
         return cls.from_dict(data, source=str(path))
 
 
+PIXEL_DECODERS = ("auto", "nvimgcodec", "gdcm", "pylibjpeg")
+"""``ReaderConfig.decoder`` values; after ``"auto"``, most preferred first (:mod:`preprocessing.io.pixel_decoders`)."""
+
+
 @dataclass(frozen=True)
 class ReaderConfig:
     """Series reading and validation.
@@ -98,6 +102,10 @@ class ReaderConfig:
         smallest slice thickness) or ``"thinnest"`` (smallest slice spacing first).
     gap_tolerance: a slice distance above ``(1 + gap_tolerance) * median`` is a gap.
     decode_workers: processes for pixel decoding; 0 means ``os.cpu_count()``.
+    decoder: pixel decoder of compressed DICOM: ``"auto"`` (nvImageCodec where it and a
+        CUDA GPU are present, else GDCM, else pylibjpeg; all decode exactly),
+        ``"nvimgcodec"``, ``"gdcm"`` or ``"pylibjpeg"``
+        (:mod:`preprocessing.io.pixel_decoders`).
 
     Limits checked from headers before anything is allocated or inflated:
     max_volume_bytes: the decoded int16 volume ``[N, H, W]`` (N x H x W x 2 bytes); also
@@ -120,6 +128,7 @@ class ReaderConfig:
     series_rule: str = "most_slices"
     gap_tolerance: float = 0.5
     decode_workers: int = 0
+    decoder: str = "auto"
     max_volume_bytes: int = 4 * 1024**3
     max_file_bytes: int = 256 * 1024**2
     max_files: int = 10_000
@@ -144,6 +153,8 @@ class ReaderConfig:
             )
         _check_interval(owner, "pixel_spacing_mm", self.pixel_spacing_mm, 0.0, 1000.0)
         _check_interval(owner, "slice_spacing_mm", self.slice_spacing_mm, 0.0, 1000.0)
+        if self.decoder not in PIXEL_DECODERS:
+            raise ConfigError(f"{owner}.decoder={self.decoder!r}; expected one of {list(PIXEL_DECODERS)}")
 
 
 @dataclass(frozen=True)

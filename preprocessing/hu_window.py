@@ -7,6 +7,7 @@
 soft tissue apart and saturates bone.
 
 Works on any shape (typically ``[N, H, W]`` slices); the output has the same shape.
+numpy in, numpy out; a torch tensor is windowed on its device.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import WindowConfig
+from preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
 
 
 def check_window(config: WindowConfig) -> tuple[float, float]:
@@ -30,24 +33,25 @@ def check_window(config: WindowConfig) -> tuple[float, float]:
     return lo, hi
 
 
-def window_normalize(hu: np.ndarray, config: WindowConfig = WindowConfig()) -> np.ndarray:
+def window_normalize(hu: ArrayLike, config: WindowConfig = WindowConfig()) -> ArrayLike:
     """Window HU values to float32 in [0, 1].
 
     Args:
         hu: HU values of any real dtype (int16 from the readers), any shape,
-            typically ``[N, H, W]``.
+            typically ``[N, H, W]``: a numpy array, or a torch tensor on any device.
         config: the HU window; values below ``min_hu`` map to 0, above ``max_hu`` to 1.
 
     Returns:
-        float32 array of the same shape, values in [0, 1].
+        float32 of the same shape, values in [0, 1]: numpy for numpy input, else a tensor
+        on the input's device.
     """
     lo, hi = check_window(config)
-    array = np.asarray(hu)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise VolumeError(f"window_normalize: hu has dtype {array.dtype}; expected integer or float HU")
-    out = array.astype(np.float32, copy=True)
+    values = as_tensor(hu, what="window_normalize: hu")
+    if values.dtype == torch.bool or values.is_complex():
+        raise VolumeError(f"window_normalize: hu has dtype {dtype_name(values)}; expected integer or float HU")
+    out = values.to(torch.float32, copy=True)
     # In place: one float32 buffer, no temporaries of the full stack.
-    np.subtract(out, np.float32(lo), out=out)
-    np.multiply(out, np.float32(1.0 / (hi - lo)), out=out)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    out.sub_(float(np.float32(lo)))
+    out.mul_(float(np.float32(1.0 / (hi - lo))))
+    out.clamp_(0.0, 1.0)
+    return like(out, hu)

@@ -30,24 +30,31 @@ connected to each other):
    walls and the partial-volume rim at the lung border disappear), and restricted to
    the lung again after dilation.
 
-Speed: components are found with one ``scipy.ndimage.label`` call per chunk of slices
-using a 3-D structuring element whose z-neighbours are zero (per-slice labelling,
-vectorised). Steps 1-4 run at a work resolution of about 256x256 (512x512 slices are
+Where it runs: the thresholds, the block counts, the upsampling and the opening are
+torch operations on the input's device (numpy in, numpy out; a CUDA tensor stays on the
+GPU). Only the component analysis of steps 2-4 runs on the host, on a bool copy of the
+low-density mask at work resolution (a quarter of the pixels, one byte each): torch has
+no connected-component labelling, and ``scipy.ndimage.label`` does it in one call per chunk
+of slices using a 3-D structuring element whose z-neighbours are zero (per-slice
+labelling, vectorised). Steps 1-4 run at a work resolution of about 256x256 (512x512 slices are
 analysed as 2x2 blocks; a block is low-density when at least 2 of its 4 pixels are) and
 the lung mask is upsampled back (nearest), so its outline is exact to 2 px on 512x512;
 step 5 runs at full resolution (the opening removes the 1-px rim this leaves). This
 keeps both masks under ~2 ms per 512x512 slice on one core (full resolution took ~5 ms).
 
-Input ``hu``: HU ``[N, H, W]`` (int16 from the readers); outputs: bool ``[N, H, W]``.
+Input ``hu``: HU ``[N, H, W]`` (int16 from the readers); outputs: bool ``[N, H, W]``, numpy
+for numpy input, else tensors on the input's device.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import MaskConfig
+from preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
 
 #: A kept lung component is at least this fraction of the slice's largest enclosed one.
 MIN_COMPONENT_FRACTION = 0.10
@@ -76,13 +83,13 @@ def _check_config(config: MaskConfig) -> None:
         )
 
 
-def _check_hu(hu: np.ndarray) -> np.ndarray:
-    array = np.asarray(hu)
-    if array.ndim != 3 or array.shape[1] < 3 or array.shape[2] < 3:
-        raise VolumeError(f"lung masks: hu must be [N, H, W] with H, W >= 3; got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise VolumeError(f"lung masks: hu has dtype {array.dtype}; expected integer or float HU")
-    return array
+def _check_hu(hu: ArrayLike) -> torch.Tensor:
+    values = as_tensor(hu, what="lung masks: hu")
+    if values.ndim != 3 or values.shape[1] < 3 or values.shape[2] < 3:
+        raise VolumeError(f"lung masks: hu must be [N, H, W] with H, W >= 3; got shape {tuple(values.shape)}")
+    if values.dtype == torch.bool or values.is_complex():
+        raise VolumeError(f"lung masks: hu has dtype {dtype_name(values)}; expected integer or float HU")
+    return values
 
 
 def _edge_labels(labels: np.ndarray) -> np.ndarray:
@@ -139,7 +146,7 @@ def mask_work_factor(height: int, width: int) -> int:
     return max(1, min(height, width) // MASK_WORK_SIZE)
 
 
-def _low_density(hu: np.ndarray, threshold_hu: float, f: int) -> np.ndarray:
+def _low_density(hu: torch.Tensor, threshold_hu: float, f: int) -> torch.Tensor:
     """Low-density mask at work resolution: at least half of each ``f x f`` block below the threshold.
 
     Trailing rows/columns beyond a multiple of ``f`` are dropped (restored by :func:`_upsample`).
@@ -147,49 +154,46 @@ def _low_density(hu: np.ndarray, threshold_hu: float, f: int) -> np.ndarray:
     low = hu < threshold_hu
     if f == 1:
         return low
-    n, h, w = hu.shape
-    count = np.zeros((n, h // f, w // f), dtype=np.uint8)
-    as_u8 = low.view(np.uint8)
-    for dy in range(f):
-        for dx in range(f):
-            count += as_u8[:, dy : (h // f) * f : f, dx : (w // f) * f : f]
+    _, h, w = hu.shape
+    ones = low.view(torch.uint8)[:, : (h // f) * f, : (w // f) * f]
+    # Rows of each block first (contiguous rows), then its columns.
+    rows = sum(ones[:, dy::f] for dy in range(1, f)) + ones[:, 0::f]
+    count = sum(rows[:, :, dx::f] for dx in range(1, f)) + rows[:, :, 0::f]
     return count >= (f * f + 1) // 2
 
 
-def _upsample(mask: np.ndarray, f: int, height: int, width: int) -> np.ndarray:
+def _upsample(mask: torch.Tensor, f: int, height: int, width: int) -> torch.Tensor:
     """Nearest upsampling of a work-resolution mask by ``f``; leftover edge rows/columns copy the last."""
     if f == 1:
         return mask
     n, hh, ww = mask.shape
-    block = np.empty((n, hh, f, ww * f), dtype=bool)
-    # Columns by np.repeat on contiguous rows, then each row copied f times.
-    block[...] = np.repeat(mask, f, axis=2)[:, :, None, :]
-    up = block.reshape(n, hh * f, ww * f)
-    if up.shape[1:] == (height, width):
+    # As bytes: torch copies uint8 faster than bool on the CPU.
+    up = mask.view(torch.uint8)[:, :, None, :, None].expand(n, hh, f, ww, f).reshape(n, hh * f, ww * f)
+    up = up.view(torch.bool)
+    if tuple(up.shape[1:]) == (height, width):
         return up
-    out = np.empty((n, height, width), dtype=bool)
-    out[:, : hh * f, : ww * f] = up
-    out[:, hh * f :, :] = out[:, hh * f - 1 : hh * f, :]
-    out[:, :, ww * f :] = out[:, :, ww * f - 1 : ww * f]
-    return out
+    hh, ww = hh * f, ww * f
+    rows = torch.cat([up, up[:, hh - 1 : hh, :].expand(-1, height - hh, -1)], dim=1)
+    return torch.cat([rows, rows[:, :, ww - 1 : ww].expand(-1, -1, width - ww)], dim=2)
 
 
-def _work_setup(array: np.ndarray) -> tuple[int, int]:
-    """``(f, min_pixels)`` of the component analysis for slices of ``array``."""
-    _, h, w = array.shape
+def _work_setup(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(f, min_pixels)`` of the component analysis for slices of ``shape`` ``[N, H, W]``."""
+    _, h, w = shape
     f = mask_work_factor(h, w)
     work_area = (h // f) * (w // f)
     return f, max(1, int(round(MIN_COMPONENT_PIXELS * work_area / (256 * 256))))
 
 
-def _lung_chunk(hu: np.ndarray, config: MaskConfig, f: int, min_pixels: int) -> np.ndarray:
-    low = _low_density(hu, config.tissue_threshold_hu, f)
-    return _upsample(_lung_from_low_density(low, min_pixels), f, hu.shape[1], hu.shape[2])
+def _lung_chunk(hu: torch.Tensor, config: MaskConfig, f: int, min_pixels: int) -> torch.Tensor:
+    low = _low_density(hu, config.tissue_threshold_hu, f).cpu().numpy()
+    lung = torch.from_numpy(_lung_from_low_density(low, min_pixels)).to(hu.device)
+    return _upsample(lung, f, hu.shape[1], hu.shape[2])
 
 
-def _shift_erode(mask: np.ndarray) -> np.ndarray:
+def _shift_erode(mask: torch.Tensor) -> torch.Tensor:
     """One in-plane erosion of ``[n, H, W]`` by a 3x3 cross (outside the slice counts as False)."""
-    out = mask.copy()
+    out = mask.clone()
     out[:, 1:, :] &= mask[:, :-1, :]
     out[:, :-1, :] &= mask[:, 1:, :]
     out[:, :, 1:] &= mask[:, :, :-1]
@@ -201,9 +205,9 @@ def _shift_erode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shift_dilate(mask: np.ndarray) -> np.ndarray:
+def _shift_dilate(mask: torch.Tensor) -> torch.Tensor:
     """One in-plane dilation of ``[n, H, W]`` by a 3x3 cross."""
-    out = mask.copy()
+    out = mask.clone()
     out[:, 1:, :] |= mask[:, :-1, :]
     out[:, :-1, :] |= mask[:, 1:, :]
     out[:, :, 1:] |= mask[:, :, :-1]
@@ -211,7 +215,7 @@ def _shift_dilate(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _infection_chunk(hu: np.ndarray, lung: np.ndarray, config: MaskConfig) -> np.ndarray:
+def _infection_chunk(hu: torch.Tensor, lung: torch.Tensor, config: MaskConfig) -> torch.Tensor:
     candidates = lung & (hu >= config.infection_threshold_hu)
     for _ in range(config.erosion_iterations):
         candidates = _shift_erode(candidates)
@@ -222,16 +226,16 @@ def _infection_chunk(hu: np.ndarray, lung: np.ndarray, config: MaskConfig) -> np
     return candidates
 
 
-def _by_chunks(shape: tuple[int, ...], count: int, step) -> tuple[np.ndarray, ...]:
-    """``count`` bool arrays of ``shape`` filled ``CHUNK_SLICES`` slices at a time by
-    ``step(start, stop, outputs)`` (intermediates of a chunk stay in cache)."""
-    outputs = tuple(np.empty(shape, dtype=bool) for _ in range(count))
-    for start in range(0, shape[0], CHUNK_SLICES):
+def _by_chunks(like_hu: torch.Tensor, count: int, step) -> tuple[torch.Tensor, ...]:
+    """``count`` bool tensors shaped and placed like ``like_hu``, filled ``CHUNK_SLICES`` slices at a
+    time by ``step(start, stop, outputs)`` (intermediates of a chunk stay in cache)."""
+    outputs = tuple(torch.empty(like_hu.shape, dtype=torch.bool, device=like_hu.device) for _ in range(count))
+    for start in range(0, like_hu.shape[0], CHUNK_SLICES):
         step(start, start + CHUNK_SLICES, outputs)
     return outputs
 
 
-def lung_mask(hu: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
+def lung_mask(hu: ArrayLike, config: MaskConfig = MaskConfig()) -> ArrayLike:
     """Filled lung mask (bool ``[N, H, W]``) of HU slices ``[N, H, W]`` (steps 1-4).
 
     The component analysis runs on ``f x f`` blocks (``f`` from :func:`mask_work_factor`,
@@ -241,39 +245,39 @@ def lung_mask(hu: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
     return lung_and_infection_masks(hu, config, infection=False)[0]
 
 
-def infection_mask(hu: np.ndarray, lung: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
+def infection_mask(hu: ArrayLike, lung: ArrayLike, config: MaskConfig = MaskConfig()) -> ArrayLike:
     """Infection candidates (bool ``[N, H, W]``): lung pixels >= -700 HU, opened (step 5)."""
     _check_config(config)
-    array = _check_hu(hu)
-    lung = np.asarray(lung, dtype=bool)
-    if lung.shape != array.shape:
+    values = _check_hu(hu)
+    lung_t = as_tensor(lung, values.device).bool()
+    if tuple(lung_t.shape) != tuple(values.shape):
         raise VolumeError(
-            f"infection_mask: lung mask shape {lung.shape} differs from hu shape {array.shape}"
+            f"infection_mask: lung mask shape {tuple(lung_t.shape)} differs from hu shape {tuple(values.shape)}"
         )
 
-    def step(start: int, stop: int, outputs: tuple[np.ndarray, ...]) -> None:
-        outputs[0][start:stop] = _infection_chunk(array[start:stop], lung[start:stop], config)
+    def step(start: int, stop: int, outputs: tuple[torch.Tensor, ...]) -> None:
+        outputs[0][start:stop] = _infection_chunk(values[start:stop], lung_t[start:stop], config)
 
-    return _by_chunks(array.shape, 1, step)[0]
+    return like(_by_chunks(values, 1, step)[0], hu)
 
 
 def lung_and_infection_masks(
-    hu: np.ndarray, config: MaskConfig = MaskConfig(), *, infection: bool = True
-) -> tuple[np.ndarray, ...]:
+    hu: ArrayLike, config: MaskConfig = MaskConfig(), *, infection: bool = True
+) -> tuple[ArrayLike, ...]:
     """Paper 000's masks of HU slices ``[N, H, W]``: ``(lung, infection)``, both bool ``[N, H, W]``
-    (``(lung,)`` with ``infection=False``).
+    (``(lung,)`` with ``infection=False``); numpy for numpy input, else tensors on its device.
 
     Same result as :func:`lung_mask` then :func:`infection_mask`, computed chunk by
     chunk (``CHUNK_SLICES`` slices) so that the intermediate arrays stay in cache.
     """
     _check_config(config)
-    array = _check_hu(hu)
-    f, min_pixels = _work_setup(array)
+    values = _check_hu(hu)
+    f, min_pixels = _work_setup(tuple(values.shape))
 
-    def step(start: int, stop: int, outputs: tuple[np.ndarray, ...]) -> None:
-        chunk = array[start:stop]
+    def step(start: int, stop: int, outputs: tuple[torch.Tensor, ...]) -> None:
+        chunk = values[start:stop]
         outputs[0][start:stop] = _lung_chunk(chunk, config, f, min_pixels)
         if infection:
             outputs[1][start:stop] = _infection_chunk(chunk, outputs[0][start:stop], config)
 
-    return _by_chunks(array.shape, 2 if infection else 1, step)
+    return tuple(like(mask, hu) for mask in _by_chunks(values, 2 if infection else 1, step))

@@ -47,6 +47,13 @@ Statistics for the plausibility checks (:mod:`preprocessing.assessment`) are mea
 the same grid: outside-air and body-tissue HU, a histogram of body-tissue HU, the body's
 centre and the spine (the most persistent bone position over the lung slices).
 
+Where it runs: the block averaging reads the full-resolution volume and runs with torch on
+the input's device (a CUDA tensor on a GPU instance); everything after it runs on a host
+copy of the grid (1/16 of the voxels of a 512 x 512 series, int16), with scipy: the
+3-D connected components, hole fills and region growing have no torch operation, and on
+the grid they cost a fraction of what copying the full volume would (see
+``benchmarks/results/README.md``).
+
 Cost per slice: ``benchmarks/bench_assessment.py``, results in ``benchmarks/results/``.
 The grid helpers live in :mod:`preprocessing.mask_grid`, the airway tree in
 :mod:`preprocessing.airways`.
@@ -59,11 +66,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from covidct.errors import VolumeError
 from preprocessing.airways import airway_tree
 from preprocessing.config import LungSegmentationConfig
+from preprocessing.devices import ArrayLike, as_tensor, dtype_name, to_numpy
 from preprocessing.mask_grid import STRUCT_2D, block_mean, bounding_box, fill_slices, reduction_factor
 
 #: Bin edges (HU) of :attr:`LungSegmentation.tissue_histogram`; values outside go to the end bins.
@@ -211,15 +220,15 @@ def _spine(bone: np.ndarray, spacing_x: float) -> tuple[float, float]:
 
 
 def _check_input(
-    hu: np.ndarray, spacing_mm: tuple[float, float, float],
-) -> tuple[np.ndarray, tuple[float, float, float]]:
-    array = np.asarray(hu)
+    hu: ArrayLike, spacing_mm: tuple[float, float, float],
+) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    array = as_tensor(hu, what="segment_lungs: hu")
     if array.ndim != 3 or 0 in array.shape:
-        raise VolumeError(f"segment_lungs: hu must be a non-empty [N, H, W] stack; got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise VolumeError(f"segment_lungs: hu has dtype {array.dtype}; expected int16 (or numeric) HU")
-    if array.dtype != np.int16:
-        array = np.clip(np.nan_to_num(array), -32768, 32767).astype(np.int16)
+        raise VolumeError(f"segment_lungs: hu must be a non-empty [N, H, W] stack; got shape {tuple(array.shape)}")
+    if array.dtype == torch.bool or array.is_complex():
+        raise VolumeError(f"segment_lungs: hu has dtype {dtype_name(array)}; expected int16 (or numeric) HU")
+    if array.dtype != torch.int16:
+        array = torch.nan_to_num(array.double()).clamp(-32768, 32767).to(torch.int16)
     try:
         spacing = tuple(float(s) for s in spacing_mm)
     except (TypeError, ValueError) as exc:
@@ -232,7 +241,7 @@ def _check_input(
 
 
 def segment_lungs(
-    hu: np.ndarray, spacing_mm: tuple[float, float, float],
+    hu: ArrayLike, spacing_mm: tuple[float, float, float],
     config: LungSegmentationConfig = LungSegmentationConfig(),
 ) -> LungSegmentation:
     """Right/left lung labels of HU ``[N, H, W]`` on a grid reduced to about ``config.mask_size``.
@@ -246,7 +255,7 @@ def segment_lungs(
     """
     array, spacing = _check_input(hu, spacing_mm)
     factor = reduction_factor(array.shape[1], array.shape[2], config.mask_size)
-    v = block_mean(array, factor)
+    v = to_numpy(block_mean(array, factor))  # the reduced grid, on the host from here on
     dz, dy, dx = spacing[0], spacing[1] * factor, spacing[2] * factor
     grid = (dz, dy, dx)
     voxel_ml = dz * dy * dx / 1000.0

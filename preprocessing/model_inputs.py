@@ -11,12 +11,13 @@ time exactly what it saw in training. For HU slices ``[K, H, W]`` and a
 2. if ``lung_crop``: paper 003's crop to the lung box shrunk by ``crop.margin_px``
    (:mod:`preprocessing.lung_crop`), cropped and resized to S x S in one bilinear
    interpolation; slices without lung are resized whole;
-3. otherwise: bilinear resize to S x S (:mod:`preprocessing.resize`, half-pixel centres);
+3. otherwise: bilinear resize to S x S (:mod:`preprocessing.slice_resize`, half-pixel centres);
 4. if ``mask_channels``: paper 000's lung mask and infection-candidate mask
    (:mod:`preprocessing.lung_masks`, computed at full resolution) cropped with the same
    boxes and resized nearest, stacked as channels 1 and 2 (0.0 / 1.0).
 
-Output: float32 ``[K, C, S, S]`` (NCHW), ``C = 1`` (image) or ``3`` (image, lung,
+Everything runs with torch on the device of ``hu`` (numpy in, numpy out; a CUDA tensor
+stays on the GPU). Output: float32 ``[K, C, S, S]`` (NCHW), ``C = 1`` (image) or ``3`` (image, lung,
 infection). Masks are computed only when step 2 or 4 needs them; callers that already
 have them, or the windowed slices of step 1 (the ``preprocess`` step computes both once
 for both networks), pass ``masks=(lung, infection)`` and ``windowed=``.
@@ -24,16 +25,17 @@ for both networks), pass ``masks=(lung, infection)`` and ``windowed=``.
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
 from covidct.errors import VolumeError
 from preprocessing.config import ModelInputConfig, PipelineConfig
+from preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
 from preprocessing.hu_window import window_normalize
 from preprocessing.lung_crop import crop_resize, lung_boxes
 from preprocessing.lung_masks import lung_and_infection_masks
-from preprocessing.resize import resize_bilinear, resize_nearest
+from preprocessing.slice_resize import resize_bilinear, resize_nearest
 
-Masks = tuple[np.ndarray, np.ndarray]
+Masks = tuple[ArrayLike, ArrayLike]
 
 
 def needs_masks(input_config: ModelInputConfig) -> bool:
@@ -41,60 +43,67 @@ def needs_masks(input_config: ModelInputConfig) -> bool:
     return bool(input_config.lung_crop or input_config.mask_channels)
 
 
-def _check_slices(hu: np.ndarray) -> np.ndarray:
-    array = np.asarray(hu)
-    if array.ndim != 3 or 0 in array.shape:
-        raise VolumeError(f"model inputs: hu must be a non-empty [K, H, W] stack; got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise VolumeError(f"model inputs: hu has dtype {array.dtype}; expected int16 (or float) HU")
-    return array
+def _check_slices(hu: ArrayLike) -> torch.Tensor:
+    values = as_tensor(hu, what="model inputs: hu")
+    if values.ndim != 3 or 0 in values.shape:
+        raise VolumeError(f"model inputs: hu must be a non-empty [K, H, W] stack; got shape {tuple(values.shape)}")
+    if values.dtype == torch.bool or values.is_complex():
+        raise VolumeError(f"model inputs: hu has dtype {dtype_name(values)}; expected int16 (or float) HU")
+    return values
 
 
-def _check_masks(masks: Masks, shape: tuple[int, ...]) -> Masks:
-    lung, infection = (np.asarray(m, dtype=bool) for m in masks)
-    if lung.shape != shape or infection.shape != shape:
+def _as_bool(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _check_masks(masks: Masks, like_hu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lung, infection = (_as_bool(as_tensor(m, like_hu.device)) for m in masks)
+    shape = tuple(like_hu.shape)
+    if tuple(lung.shape) != shape or tuple(infection.shape) != shape:
         raise VolumeError(
-            f"model inputs: masks have shapes {lung.shape}, {infection.shape}; expected {shape} like hu"
+            f"model inputs: masks have shapes {tuple(lung.shape)}, {tuple(infection.shape)}; "
+            f"expected {shape} like hu"
         )
     return lung, infection
 
 
 def network_inputs(
-    hu: np.ndarray,
+    hu: ArrayLike,
     config: PipelineConfig,
     input_config: ModelInputConfig,
     masks: Masks | None = None,
-    windowed: np.ndarray | None = None,
-) -> np.ndarray:
+    windowed: ArrayLike | None = None,
+) -> ArrayLike:
     """HU slices ``[K, H, W]`` -> float32 ``[K, C, S, S]`` for one network (see module docstring).
 
     Args:
-        hu: HU slices (int16 from the readers).
+        hu: HU slices (int16 from the readers): numpy, or a tensor on the device to compute on.
         config: the pipeline config (window, masks, crop settings).
         input_config: the network's input settings (size, lung_crop, mask_channels).
         masks: optional precomputed ``(lung, infection)`` bool ``[K, H, W]``.
         windowed: optional ``window_normalize(hu, config.window)``, float32 ``[K, H, W]``.
+
+    Returns:
+        numpy for numpy ``hu``, else a tensor on ``hu``'s device.
     """
     array = _check_slices(hu)
     size = int(input_config.size)
     if size < 1:
         raise VolumeError(f"model inputs: input size {size}; expected a positive number of pixels")
     if needs_masks(input_config):
-        lung, infection = (
-            lung_and_infection_masks(array, config.masks)
-            if masks is None
-            else _check_masks(masks, array.shape)
+        lung, infection = _check_masks(
+            lung_and_infection_masks(array, config.masks) if masks is None else masks, array
         )
     if windowed is None:
         images = window_normalize(array, config.window)
-    elif np.shape(windowed) != array.shape:
+    elif tuple(windowed.shape) != tuple(array.shape):
         raise VolumeError(
-            f"model inputs: windowed slices have shape {np.shape(windowed)}; expected {array.shape} like hu"
+            f"model inputs: windowed slices have shape {tuple(windowed.shape)}; expected {tuple(array.shape)} like hu"
         )
     else:
-        images = windowed
+        images = as_tensor(windowed, array.device)
     k = array.shape[0]
-    out = np.empty((k, input_config.channels, size, size), dtype=np.float32)
+    out = torch.empty((k, input_config.channels, size, size), dtype=torch.float32, device=array.device)
     if input_config.lung_crop:
         boxes = lung_boxes(lung, config.crop.margin_px)
         out[:, 0] = crop_resize(images, boxes, (size, size), "bilinear")
@@ -106,24 +115,24 @@ def network_inputs(
         if input_config.mask_channels:
             out[:, 1] = resize_nearest(lung, (size, size))
             out[:, 2] = resize_nearest(infection, (size, size))
-    return out
+    return like(out, hu)
 
 
 def classifier_inputs(
-    hu: np.ndarray,
+    hu: ArrayLike,
     config: PipelineConfig,
     masks: Masks | None = None,
-    windowed: np.ndarray | None = None,
-) -> np.ndarray:
+    windowed: ArrayLike | None = None,
+) -> ArrayLike:
     """Classifier input float32 ``[K, C, S, S]`` of HU slices ``[K, H, W]`` (``config.classifier_input``)."""
     return network_inputs(hu, config, config.classifier_input, masks, windowed)
 
 
 def segmenter_inputs(
-    hu: np.ndarray,
+    hu: ArrayLike,
     config: PipelineConfig,
     masks: Masks | None = None,
-    windowed: np.ndarray | None = None,
-) -> np.ndarray:
+    windowed: ArrayLike | None = None,
+) -> ArrayLike:
     """Segmenter input float32 ``[K, C, S, S]`` of HU slices ``[K, H, W]`` (``config.segmenter_input``)."""
     return network_inputs(hu, config, config.segmenter_input, masks, windowed)

@@ -9,7 +9,8 @@
 * :func:`lung_volume_ml`: lung pixels x pixel area (mm^2) x slice distance (mm) / 1000.
 * :func:`lesion_burden_percent`: infection pixels inside the lung over lung pixels, in %.
 
-Masks are bool (or 0/1) ``[N, H, W]``; probabilities ``[K]`` or ``[K, 1]`` in [0, 1].
+Masks are bool (or 0/1) ``[N, H, W]``; probabilities ``[K]`` or ``[K, 1]`` in [0, 1]; numpy
+arrays or torch tensors on any device (the counts run with torch where the data are).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
+import torch
 
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import VoteConfig
+from preprocessing.devices import ArrayLike, as_tensor
 
 _EPS = 1e-9
 
@@ -51,34 +53,33 @@ def _check_vote_config(config: VoteConfig) -> None:
             raise ConfigError(f"VoteConfig.{name}={value!r}; expected a number in [0, 1]")
 
 
-def slice_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """Probabilities ``[K]`` or ``[K, 1]`` as float64 ``[K]``, checked finite and in [0, 1]."""
-    p = np.asarray(probabilities, dtype=np.float64)
+def slice_probabilities(probabilities: ArrayLike) -> torch.Tensor:
+    """Probabilities ``[K]`` or ``[K, 1]`` as a float64 tensor ``[K]`` on their device, checked finite, in [0, 1]."""
+    p = as_tensor(probabilities).to(torch.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
-    if p.ndim != 1 or p.size == 0:
+    if p.ndim != 1 or p.numel() == 0:
         raise VolumeError(
-            f"patient vote: probabilities have shape {np.shape(probabilities)}; expected [K] or [K, 1] with K >= 1"
+            f"patient vote: probabilities have shape {tuple(p.shape)}; expected [K] or [K, 1] with K >= 1"
         )
-    finite = np.isfinite(p)
-    if not finite.all():
+    finite = torch.isfinite(p)
+    if not bool(finite.all()):
         raise VolumeError(
-            f"patient vote: {int((~finite).sum())} of {p.size} probabilities are not finite; "
+            f"patient vote: {int((~finite).sum())} of {p.numel()} probabilities are not finite; "
             "expected finite values in [0, 1]"
         )
-    if p.min() < 0.0 or p.max() > 1.0:
-        raise VolumeError(
-            f"patient vote: probabilities range {p.min():g}..{p.max():g}; expected values in [0, 1]"
-        )
+    lo, hi = float(p.min()), float(p.max())
+    if lo < 0.0 or hi > 1.0:
+        raise VolumeError(f"patient vote: probabilities range {lo:g}..{hi:g}; expected values in [0, 1]")
     return p
 
 
-def patient_vote(probabilities: np.ndarray, config: VoteConfig = VoteConfig()) -> VoteResult:
+def patient_vote(probabilities: ArrayLike, config: VoteConfig = VoteConfig()) -> VoteResult:
     """Vote over per-slice COVID-19 probabilities ``[K]`` / ``[K, 1]`` of the selected slices."""
     _check_vote_config(config)
     p = slice_probabilities(probabilities)
-    n_selected = int(p.size)
-    n_positive = int(np.count_nonzero(p >= config.slice_threshold))
+    n_selected = int(p.numel())
+    n_positive = int(torch.count_nonzero(p >= config.slice_threshold))
     positive = n_positive >= config.positive_fraction * n_selected - _EPS
     return VoteResult(
         positive=bool(positive),
@@ -89,31 +90,29 @@ def patient_vote(probabilities: np.ndarray, config: VoteConfig = VoteConfig()) -
     )
 
 
-def _as_mask(mask: np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(mask)
-    if array.dtype != bool:
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-            raise VolumeError(f"{name} has dtype {array.dtype}; expected a bool or 0/1 mask")
-        array = array != 0
-    return array
+def _as_mask(mask: ArrayLike, name: str) -> torch.Tensor:
+    values = as_tensor(mask)
+    if values.is_complex():
+        raise VolumeError(f"{name} has dtype {values.dtype}; expected a bool or 0/1 mask")
+    return values if values.dtype == torch.bool else values != 0
 
 
-def lung_volume_ml(lung_mask: np.ndarray, pixel_area_mm2: float, slice_mm: float) -> float:
+def lung_volume_ml(lung_mask: ArrayLike, pixel_area_mm2: float, slice_mm: float) -> float:
     """Lung volume in ml: ``count(lung) * pixel_area_mm2 * slice_mm / 1000``.
 
     Args:
-        lung_mask: bool or 0/1 mask ``[N, H, W]`` (any shape is accepted).
+        lung_mask: bool or 0/1 mask ``[N, H, W]`` (any shape is accepted; numpy or a tensor).
         pixel_area_mm2: area of one mask pixel in mm^2 (at the mask's resolution).
         slice_mm: distance between slices in mm.
     """
     for name, value in (("pixel_area_mm2", pixel_area_mm2), ("slice_mm", slice_mm)):
         if not (math.isfinite(float(value)) and float(value) > 0):
             raise VolumeError(f"lung_volume_ml: {name}={value!r}; expected a finite value > 0")
-    count = int(np.count_nonzero(_as_mask(lung_mask, "lung_mask")))
+    count = int(torch.count_nonzero(_as_mask(lung_mask, "lung_mask")))
     return count * float(pixel_area_mm2) * float(slice_mm) / 1000.0
 
 
-def lesion_burden_percent(infection_mask: np.ndarray, lung_mask: np.ndarray) -> float:
+def lesion_burden_percent(infection_mask: ArrayLike, lung_mask: ArrayLike) -> float:
     """Infection volume inside the lung over lung volume, in percent (0 when there is no lung).
 
     Both masks ``[N, H, W]`` of one shape and resolution; infection outside the lung is ignored.
@@ -122,10 +121,10 @@ def lesion_burden_percent(infection_mask: np.ndarray, lung_mask: np.ndarray) -> 
     lung = _as_mask(lung_mask, "lung_mask")
     if infection.shape != lung.shape:
         raise VolumeError(
-            f"lesion_burden_percent: infection mask shape {infection.shape} differs from "
-            f"lung mask shape {lung.shape}; expected equal shapes"
+            f"lesion_burden_percent: infection mask shape {tuple(infection.shape)} differs from "
+            f"lung mask shape {tuple(lung.shape)}; expected equal shapes"
         )
-    lung_count = int(np.count_nonzero(lung))
+    lung_count = int(torch.count_nonzero(lung))
     if lung_count == 0:
         return 0.0
-    return 100.0 * int(np.count_nonzero(infection & lung)) / lung_count
+    return 100.0 * int(torch.count_nonzero(infection & lung.to(infection.device))) / lung_count

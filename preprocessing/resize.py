@@ -1,10 +1,11 @@
-"""Resizing of slice stacks ``[N, H, W]`` in-plane (the slice axis is never touched).
+"""In-plane resampling of slice stacks ``[N, H, W]``: the index tables, and the host-side nearest resize.
 
-Two kernels, both separable and computed with two gathers per axis (no Python loop
-over slices, no scipy spline prefilter):
-
-* bilinear for images (:func:`resize_bilinear`, :func:`resize_images`);
-* nearest neighbour for masks (:func:`resize_nearest`, :func:`resize_masks`).
+The served and trained numerics resize with torch on the instance's device
+(:mod:`preprocessing.slice_resize`: bilinear for images, nearest for masks); both they and
+this module take their sampling positions from :func:`linear_axis_weights` and
+:func:`nearest_axis_index`. :func:`resize_nearest` here is numpy-only, for callers that
+must not need torch (the client upsamples the returned masks to the series' grid for
+overlays and DICOM SEG with it); it equals ``slice_resize.resize_nearest`` exactly.
 
 Sampling convention: pixel centres are aligned ("half-pixel" convention, the one of
 ``torch.nn.functional.interpolate(..., align_corners=False)`` without antialiasing and
@@ -19,6 +20,8 @@ only that sub-rectangle is resampled to the output size, which is how the lung c
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from covidct.errors import VolumeError
@@ -26,21 +29,22 @@ from covidct.errors import VolumeError
 Box = tuple[int, int, int, int]
 
 
-def _check_stack(stack: np.ndarray, what: str) -> np.ndarray:
-    array = np.asarray(stack)
-    if array.ndim != 3 or min(array.shape[1:], default=0) < 1:
-        raise VolumeError(f"{what}: expected a slice stack [N, H, W]; got shape {array.shape}")
-    return array
+def check_stack(stack: Any, what: str) -> tuple[int, ...]:
+    """The shape of ``stack`` (numpy array or tensor) after checking it is ``[N, H, W]`` with H, W >= 1."""
+    shape = tuple(int(d) for d in getattr(stack, "shape", np.shape(stack)))
+    if len(shape) != 3 or min(shape[1:], default=0) < 1:
+        raise VolumeError(f"{what}: expected a slice stack [N, H, W]; got shape {shape}")
+    return shape
 
 
-def _check_out(out_hw: tuple[int, int], what: str) -> tuple[int, int]:
+def check_out(out_hw: tuple[int, int], what: str) -> tuple[int, int]:
     oh, ow = (int(v) for v in out_hw)
     if oh < 1 or ow < 1:
         raise VolumeError(f"{what}: output size {out_hw!r}; expected positive (H, W) pixels")
     return oh, ow
 
 
-def _check_box(box: Box | None, h: int, w: int, what: str) -> Box:
+def check_box(box: Box | None, h: int, w: int, what: str) -> Box:
     if box is None:
         return 0, h, 0, w
     y0, y1, x0, x1 = (int(v) for v in box)
@@ -72,45 +76,12 @@ def nearest_axis_index(start: int, stop: int, out_len: int) -> np.ndarray:
     return np.minimum(idx, n - 1) + start
 
 
-def resize_bilinear(stack: np.ndarray, out_hw: tuple[int, int], box: Box | None = None) -> np.ndarray:
-    """Bilinear in-plane resize of ``[N, H, W]`` (optionally of ``box`` only) to ``[N, *out_hw]``.
-
-    The result is float32 (inputs of other dtypes are converted).
-    """
-    array = _check_stack(stack, "resize_bilinear")
-    oh, ow = _check_out(out_hw, "resize_bilinear")
-    y0, y1, x0, x1 = _check_box(box, array.shape[1], array.shape[2], "resize_bilinear")
-    if array.dtype != np.float32:
-        array = array.astype(np.float32)
-    if (y0, y1, x0, x1) == (0, oh, 0, ow) and array.shape[1:] == (oh, ow):
-        return array.copy()
-    ya, yb, wy = linear_axis_weights(y0, y1, oh)
-    xa, xb, wx = linear_axis_weights(x0, x1, ow)
-    # Rows first: [N, oh, W] (restricted to the box columns), then columns.
-    cols = array[:, :, x0:x1]
-    rows = cols[:, ya, :] * (1.0 - wy)[None, :, None]
-    rows += cols[:, yb, :] * wy[None, :, None]
-    xa, xb = xa - x0, xb - x0
-    out = rows[:, :, xa] * (1.0 - wx)[None, None, :]
-    out += rows[:, :, xb] * wx[None, None, :]
-    return out
-
-
 def resize_nearest(stack: np.ndarray, out_hw: tuple[int, int], box: Box | None = None) -> np.ndarray:
-    """Nearest-neighbour in-plane resize of ``[N, H, W]`` (masks, labels); keeps the dtype."""
-    array = _check_stack(stack, "resize_nearest")
-    oh, ow = _check_out(out_hw, "resize_nearest")
-    y0, y1, x0, x1 = _check_box(box, array.shape[1], array.shape[2], "resize_nearest")
+    """Nearest-neighbour in-plane resize of a numpy ``[N, H, W]`` (masks, labels); keeps the dtype."""
+    array = np.asarray(stack)
+    check_stack(array, "resize_nearest")
+    oh, ow = check_out(out_hw, "resize_nearest")
+    y0, y1, x0, x1 = check_box(box, array.shape[1], array.shape[2], "resize_nearest")
     yi = nearest_axis_index(y0, y1, oh)
     xi = nearest_axis_index(x0, x1, ow)
     return array[:, yi[:, None], xi[None, :]]
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of an image stack ``[N, H, W]`` to float32 ``[N, size, size]``."""
-    return resize_bilinear(images, (size, size))
-
-
-def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a mask stack ``[N, H, W]`` to ``[N, size, size]``."""
-    return resize_nearest(masks, (size, size))

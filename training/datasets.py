@@ -23,7 +23,7 @@ from covidct.errors import DatasetError
 from preprocessing.config import PipelineConfig
 from preprocessing.lung_masks import lung_mask
 from preprocessing.model_inputs import classifier_inputs, segmenter_inputs
-from preprocessing.resize import resize_bilinear
+from preprocessing.slice_resize import resize_bilinear
 from preprocessing.slice_selection import select_open_lung_slices
 from training.patients import UNLABELLED, PatientCase, PatientData
 

@@ -13,40 +13,53 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from covidct.errors import TensorInputError
 from covidct.serving.tensors import HU_VOLUME, SPACING_MM
 from preprocessing.config import ReaderConfig
+from preprocessing.devices import ArrayLike, as_tensor
 
 #: Smallest in-plane size (pixels) of a slice that the pipeline accepts.
 MIN_SLICE_SIZE = 32
 
 
 def describe(array: object) -> str:
-    """``"int16 [3, 512, 512]"`` for arrays, the type name otherwise."""
+    """``"int16 [3, 512, 512]"`` for arrays and tensors, the type name otherwise."""
     if isinstance(array, np.ndarray):
         return f"{array.dtype} {list(array.shape)}"
+    if isinstance(array, torch.Tensor):
+        return f"{str(array.dtype).removeprefix('torch.')} {list(array.shape)} on {array.device}"
     return type(array).__name__
 
 
-def check_tensor(
-    array: object, name: str, dtype: np.dtype | type, shape: Sequence[int | None]
-) -> np.ndarray:
-    """Check ``array`` is an ndarray of ``dtype`` whose shape matches ``shape``.
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype)).dtype
 
-    ``shape`` entries are sizes or ``None``/``-1`` (any size). Returns a C-contiguous view/copy.
+
+def check_tensor(array: object, name: str, dtype: np.dtype | type, shape: Sequence[int | None]) -> ArrayLike:
+    """Check ``array`` is a numpy array or torch tensor of ``dtype`` whose shape matches ``shape``.
+
+    ``shape`` entries are sizes or ``None``/``-1`` (any size). Returns a C-contiguous
+    view/copy of the same kind (a tensor stays on its device).
     """
     expected_dtype = np.dtype(dtype)
     dims = ["-1" if d is None or d == -1 else str(d) for d in shape]
     expected = f"{expected_dtype} [{', '.join(dims)}]"
-    if not isinstance(array, np.ndarray):
-        raise TensorInputError(f"{name}: got {describe(array)}; expected a numpy array {expected}")
-    if array.dtype != expected_dtype:
+    if isinstance(array, torch.Tensor) and expected_dtype != np.object_:
+        dtype_ok = array.dtype == _torch_dtype(expected_dtype)
+    elif isinstance(array, np.ndarray):
+        dtype_ok = array.dtype == expected_dtype
+    else:
+        raise TensorInputError(f"{name}: got {describe(array)}; expected an array {expected}")
+    if not dtype_ok:
         raise TensorInputError(f"{name}: got dtype {describe(array)}; expected {expected}")
     if array.ndim != len(shape) or any(
         d is not None and d != -1 and size != d for size, d in zip(array.shape, shape)
     ):
         raise TensorInputError(f"{name}: got shape {describe(array)}; expected {expected}")
+    if isinstance(array, torch.Tensor):
+        return array.contiguous()
     return np.ascontiguousarray(array)
 
 
@@ -58,7 +71,7 @@ def validate_hu_volume(
     max_slices: int = ReaderConfig.max_slices,
     min_size: int = MIN_SLICE_SIZE,
     max_size: int = ReaderConfig.matrix_size_px[1],
-) -> np.ndarray:
+) -> ArrayLike:
     """An int16 HU volume ``[N, H, W]`` with ``min_slices <= N <= max_slices`` and
     ``min_size <= H, W <= max_size`` (pixels; the matrix sizes CT scanners produce)."""
     hu = check_tensor(array, name, np.int16, (None, None, None))
@@ -124,12 +137,13 @@ def validate_slice_counts(tensors: Mapping[str, np.ndarray], expected: int | Non
     return k
 
 
-def validate_probabilities(array: np.ndarray, name: str) -> np.ndarray:
-    """Probabilities: finite and within [0, 1]."""
-    if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0.0 and array.max() <= 1.0):
-        finite = array[np.isfinite(array)]
-        lo = f"{finite.min():g}" if finite.size else "nan"
-        hi = f"{finite.max():g}" if finite.size else "nan"
+def validate_probabilities(array: ArrayLike, name: str) -> ArrayLike:
+    """Probabilities: finite and within [0, 1] (numpy arrays or tensors on any device)."""
+    values = as_tensor(array)
+    if values.numel() and not bool(((values >= 0.0) & (values <= 1.0)).all()):  # NaN fails both
+        finite = values[torch.isfinite(values)]
+        lo = f"{float(finite.min()):g}" if finite.numel() else "nan"
+        hi = f"{float(finite.max()):g}" if finite.numel() else "nan"
         raise TensorInputError(
             f"{name}: got values {lo}..{hi} (or non-finite); expected probabilities in [0, 1]"
         )

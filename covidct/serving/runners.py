@@ -191,7 +191,8 @@ class TorchHalfRunner:
     ``device`` ``"cuda:N"`` in serving; ``"cpu"`` (with ``dtype="float32"`` or
     ``"bfloat16"``) for tests. ``runner(x)`` accepts a numpy array, a torch tensor or a
     DLPack capsule/object (e.g. ``pb_utils.Tensor.to_dlpack()``) float32
-    ``[slices, C, S, S]`` and returns float32 numpy probabilities.
+    ``[slices, C, S, S]`` and returns float32 probabilities: numpy for numpy input, else a
+    tensor on the runner's device (GPU instances hand it on without a host copy).
     """
 
     accepts_dlpack = True
@@ -259,7 +260,7 @@ class TorchHalfRunner:
         graph.replay()
         return static_out[:n]
 
-    def __call__(self, x: Any) -> np.ndarray:
+    def __call__(self, x: Any) -> Any:
         torch, s = self.torch, self.settings
         t = self._as_tensor(x)
         check_input_shape(tuple(t.shape), t.dtype, s.input_name, s.input_dims)
@@ -272,8 +273,10 @@ class TorchHalfRunner:
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
                 # copy: a replayed graph overwrites its static output with the next chunk
                 parts.append(self._forward(chunk).to(torch.float32, copy=True))
-            out = torch.cat(parts, dim=0).cpu()
-        return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+            out = torch.cat(parts, dim=0)
+        if isinstance(x, np.ndarray):
+            return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+        return out  # float32 on the runner's device: it leaves by DLPack and stays there
 
 
 def create_runner(

@@ -104,8 +104,8 @@ class StepModel:
         args: the ``initialize`` arguments Triton passes to the model.
         pb_utils: the ``triton_python_backend_utils`` module of the running stub.
         step: the function computing the outputs; returns ``{output_name: array}``.
-        dlpack_inputs: hand inputs over as DLPack capsules instead of numpy arrays
-            (GPU runners consume them without a host copy).
+        dlpack_inputs: hand inputs over as torch tensors made from DLPack, where Triton
+            put them (GPU instances: no host copy), instead of numpy arrays.
         step_kwargs: fixed keyword arguments of ``step`` (e.g. ``config=PipelineConfig``).
     """
 
@@ -125,6 +125,7 @@ class StepModel:
         self.step_kwargs = step_kwargs
         self.dlpack_inputs = dlpack_inputs
         self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.string_inputs = {tensor["name"] for tensor in config["input"] if tensor["data_type"] == "TYPE_STRING"}
         self.outputs = {
             tensor["name"]: (
                 pb_utils.triton_string_to_numpy(tensor["data_type"]),
@@ -154,19 +155,44 @@ class StepModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _unpack(self, request: Any, name: str) -> Any:
+        """One input: a torch tensor where it lies (DLPack, no copy) on GPU instances, else numpy.
+
+        Text tensors are always numpy; a tensor in GPU memory reaching a CPU instance is
+        copied to the host.
+        """
         tensor = self.pb_utils.get_input_tensor_by_name(request, name)
-        return tensor.to_dlpack() if self.dlpack_inputs else tensor.as_numpy()
+        if name in self.string_inputs:
+            return tensor.as_numpy()
+        if self.dlpack_inputs or not tensor.is_cpu():
+            import torch
+
+            value = torch.from_dlpack(tensor.to_dlpack())
+            return value if self.dlpack_inputs else value.cpu().numpy()
+        return tensor.as_numpy()
 
     def _pack(self, name: str, value: Any) -> Any:
-        """One output as its configured dtype (and fixed shape, where config.pbtxt fixes it)."""
+        """One output as its configured dtype (and fixed shape, where config.pbtxt fixes it).
+
+        A CUDA tensor leaves by DLPack and stays on the GPU; CPU tensors and arrays as numpy.
+        """
         dtype, dims = self.outputs[name]
+        fixed = all(d >= 0 for d in dims)
+        if dtype != np.object_ and type(value).__module__.startswith("torch"):
+            import torch
+
+            tensor = value.to(torch.from_numpy(np.zeros(0, dtype)).dtype).contiguous()
+            if fixed:
+                tensor = tensor.reshape(dims)
+            if tensor.device.type == "cuda":
+                return self.pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(tensor))
+            value = tensor.numpy()
         if dtype == np.object_:
             array = np.array(
                 [v.encode("utf-8") if isinstance(v, str) else v for v in value], dtype=np.object_
             )
         else:
             array = np.ascontiguousarray(value, dtype=dtype)
-        if all(d >= 0 for d in dims):
+        if fixed:
             array = array.reshape(dims)
         return self.pb_utils.Tensor(name, array)
 
@@ -184,13 +210,16 @@ def build_step(args: Mapping[str, str]) -> tuple[Step, dict[str, Any], bool]:
     """``(function, fixed keyword arguments, dlpack_inputs)`` for the model being loaded.
 
     Steps: ``preprocess`` and ``vote`` (:mod:`covidct.serving.steps`, with the
-    ``pipeline_config.json`` of the version folder; the vote also returns the version
+    ``pipeline_config.json`` of the version folder and the instance's torch device: CPU
+    with ``intra_op_threads`` torch threads from the model config (0: all cores), or
+    ``cuda:<device id>`` with DLPack inputs; the vote also returns the version
     folder's ``model_cards.json`` when the exporter wrote one) and ``network`` (a
     classifier or segmenter runner, :mod:`covidct.serving.runners`). Unknown names raise
     ``ConfigError``.
     """
     from covidct.serving import steps
     from preprocessing.config import PipelineConfig
+    from preprocessing.devices import instance_device, set_intra_op_threads
 
     config = model_config(args)
     name = step_name(config)
@@ -214,11 +243,15 @@ def build_step(args: Mapping[str, str]) -> tuple[Step, dict[str, Any], bool]:
             f"model {config.get('name')!r}: parameter {STEP_PARAMETER!r} is {name!r}; "
             f"expected one of {sorted([*functions, 'network'])}"
         )
-    kwargs: dict[str, Any] = {"config": PipelineConfig.load(version_dir(args))}
+    kind = str(args.get("model_instance_kind", "CPU"))
+    device = instance_device(kind, int(args.get("model_instance_device_id", 0) or 0))
+    if device.type == "cpu":
+        set_intra_op_threads(int(string_parameter(config, "intra_op_threads", "0") or 0))
+    kwargs: dict[str, Any] = {"config": PipelineConfig.load(version_dir(args)), "device": device}
     if name == "vote":
         kwargs["model_versions"] = parse_model_versions(string_parameter(config, "model_versions"))
         kwargs["model_card"] = read_model_cards(version_dir(args))
-    return functions[name], kwargs, False
+    return functions[name], kwargs, device.type == "cuda"
 
 
 def build_step_model(args: Mapping[str, str], pb_utils: ModuleType) -> StepModel:

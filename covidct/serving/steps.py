@@ -1,7 +1,12 @@
 """The functions the Triton Python models call, and a reference chain without Triton.
 
-Each step takes and returns plain numpy arrays under the tensor names of
-:mod:`covidct.serving.tensors`:
+Each step takes and returns arrays under the tensor names of :mod:`covidct.serving.tensors`:
+numpy arrays, or torch tensors on the model instance's device. The per-slice numerics are
+torch operations (:mod:`preprocessing.devices`), so one implementation runs on CPU tensors
+(``KIND_CPU`` instances) and CUDA tensors (``KIND_GPU`` instances, which receive and return
+the large tensors by DLPack, so they stay on the GPU between steps); numpy in gives numpy
+out. The component analyses of the 3-D mask run on a host copy of its reduced grid
+(:mod:`preprocessing.lung_segmentation` says why).
 
 * :func:`preprocess_step`: ``HU_VOLUME`` int16 ``[N, H, W]`` + ``SPACING_MM`` ->
   the 3-D lung mask of the whole series (:func:`preprocessing.lung_segmentation.segment_lungs`,
@@ -27,6 +32,7 @@ import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 from covidct.errors import ConfigError, NoOpenLungError, TensorInputError
 from covidct.serving import tensors as T
@@ -39,12 +45,13 @@ from covidct.serving.request_validation import (
 )
 from preprocessing.assessment import Assessment, Reason, assess
 from preprocessing.config import ModelInputConfig, PipelineConfig
+from preprocessing.devices import ArrayLike, as_tensor, like, to_numpy
 from preprocessing.hu_window import window_normalize
 from preprocessing.lung_masks import lung_and_infection_masks
 from preprocessing.lung_segmentation import segment_lungs
 from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
 from preprocessing.patient_vote import patient_vote
-from preprocessing.resize import resize_nearest
+from preprocessing.slice_resize import resize_nearest
 from preprocessing.slice_selection import select_by_lung_area, select_open_lung_slices
 from preprocessing.volume import CTVolume
 
@@ -54,52 +61,70 @@ PREPROCESS_CHUNK_SLICES = 8
 Arrays = dict[str, np.ndarray]
 
 
-def _empty_input(input_config: ModelInputConfig) -> np.ndarray:
+def _empty_input(input_config: ModelInputConfig, device: torch.device) -> torch.Tensor:
     size = int(input_config.size)
-    return np.zeros((0, input_config.channels, size, size), np.float32)
+    return torch.zeros((0, input_config.channels, size, size), dtype=torch.float32, device=device)
 
 
-def selected_slices(hu: np.ndarray, lung_area_mm2: np.ndarray, config: PipelineConfig) -> np.ndarray:
+def selected_slices(hu: ArrayLike, lung_area_mm2: np.ndarray, config: PipelineConfig) -> np.ndarray:
     """Indices (int32, ascending) of the slices the classifier sees.
 
     ``config.selection.rule``: ``"lung_area"`` (slices with enough lung in the 3-D mask) or
-    ``"paper002"`` (paper 002's open-lung rule on the HU slices). No lung -> no slice.
+    ``"paper002"`` (paper 002's open-lung rule on the HU slices, on a host copy). No lung
+    -> no slice.
     """
     try:
         if config.selection.rule == "paper002":
-            return select_open_lung_slices(hu, config.selection).indices.astype(np.int32)
+            return select_open_lung_slices(to_numpy(hu), config.selection).indices.astype(np.int32)
         return np.asarray(select_by_lung_area(lung_area_mm2, config.selection), dtype=np.int32)
     except NoOpenLungError:  # no lung at all: the assessment says so; the classifier sees nothing
         return np.zeros(0, np.int32)
 
 
 def network_inputs_of(
-    hu: np.ndarray, selected: np.ndarray, lung_slices: np.ndarray, config: PipelineConfig, chunk_slices: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(CLASSIFIER_INPUT [K, C, S, S], SEGMENTER_INPUT [L, C, S, S])``.
+    hu: ArrayLike, selected: np.ndarray, lung_slices: np.ndarray, config: PipelineConfig, chunk_slices: int
+) -> tuple[ArrayLike, ArrayLike]:
+    """``(CLASSIFIER_INPUT [K, C, S, S], SEGMENTER_INPUT [L, C, S, S])`` on ``hu``'s device.
 
-    Every slice in either set is windowed (and masked, where a network takes the paper-000
-    mask channels or the lung crop) once, ``chunk_slices`` at a time.
+    Every slice in either set is windowed once, ``chunk_slices`` at a time; the paper-000
+    masks (mask channels, lung crop) are computed only for the slices of the network(s)
+    that take them.
     """
+    values = as_tensor(hu)
     wanted = np.union1d(selected, lung_slices).astype(np.int64)
     in_selected = np.isin(wanted, selected)
     in_lung = np.isin(wanted, lung_slices)
-    mask_needed = needs_masks(config.classifier_input) or needs_masks(config.segmenter_input)
-    classifier_parts = [_empty_input(config.classifier_input)]
-    segmenter_parts = [_empty_input(config.segmenter_input)]
+    mask_cls, mask_seg = needs_masks(config.classifier_input), needs_masks(config.segmenter_input)
+    mask_rows = (in_selected & mask_cls) | (in_lung & mask_seg)
+    classifier_parts = [_empty_input(config.classifier_input, values.device)]
+    segmenter_parts = [_empty_input(config.segmenter_input, values.device)]
     for start in range(0, wanted.size, chunk_slices):
         part = slice(start, start + chunk_slices)
-        chunk = hu[wanted[part]]
-        masks = lung_and_infection_masks(chunk, config.masks) if mask_needed else None
+        chunk = values.index_select(0, torch.from_numpy(wanted[part]).to(values.device))
         windowed = window_normalize(chunk, config.window)
-        for keep, build, parts in (
-            (in_selected[part], classifier_inputs, classifier_parts),
-            (in_lung[part], segmenter_inputs, segmenter_parts),
+        need = mask_rows[part]
+        masks = lung_and_infection_masks(_take(chunk, need), config.masks) if need.any() else None
+        # Row of each chunk slice within the masked rows (valid where ``need``).
+        mask_row = np.cumsum(need) - 1
+        for keep, takes_masks, build, parts in (
+            (in_selected[part], mask_cls, classifier_inputs, classifier_parts),
+            (in_lung[part], mask_seg, segmenter_inputs, segmenter_parts),
         ):
             if keep.any():
-                sub_masks = None if masks is None else (masks[0][keep], masks[1][keep])
-                parts.append(build(chunk[keep], config, sub_masks, windowed[keep]))
-    return np.concatenate(classifier_parts), np.concatenate(segmenter_parts)
+                sub_masks = None
+                if takes_masks and masks is not None:
+                    mine = np.zeros(masks[0].shape[0], bool)
+                    mine[mask_row[keep]] = True
+                    sub_masks = (_take(masks[0], mine), _take(masks[1], mine))
+                parts.append(build(_take(chunk, keep), config, sub_masks, _take(windowed, keep)))
+    return like(torch.cat(classifier_parts), hu), like(torch.cat(segmenter_parts), hu)
+
+
+def _take(tensor: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
+    """The slices of ``tensor`` where the host bool selector ``keep`` is True (no copy when all are)."""
+    if keep.all():
+        return tensor
+    return tensor.index_select(0, torch.from_numpy(np.flatnonzero(keep)).to(tensor.device))
 
 
 def assessment_json(assessment: Assessment) -> bytes:
@@ -113,13 +138,19 @@ def assessment_json(assessment: Assessment) -> bytes:
 
 
 def preprocess_step(
-    hu_volume: np.ndarray,
-    spacing_mm: np.ndarray,
+    hu_volume: ArrayLike,
+    spacing_mm: ArrayLike,
     config: PipelineConfig,
     *,
+    device: torch.device | str | None = None,
     chunk_slices: int = PREPROCESS_CHUNK_SLICES,
 ) -> Arrays:
-    """3-D lung mask, assessment, lung selection and network inputs of one series."""
+    """3-D lung mask, assessment, lung selection and network inputs of one series.
+
+    ``device``: where the per-slice numerics run (``None``: where ``hu_volume`` is; numpy
+    on the CPU). The network inputs are numpy for numpy input, else tensors on ``device``;
+    the lung mask, indices and assessment are host arrays.
+    """
     if config.segmenter_input.lung_crop:
         raise ConfigError(
             "segmenter_input.lung_crop=True is not supported by the ensemble: the infection "
@@ -128,17 +159,20 @@ def preprocess_step(
     if chunk_slices < 1:
         raise ConfigError(f"preprocess chunk_slices must be >= 1; got {chunk_slices}")
     reader = config.reader
-    hu = validate_hu_volume(hu_volume, T.HU_VOLUME, max_slices=reader.max_slices, max_size=reader.matrix_size_px[1])
-    spacing = validate_spacing(spacing_mm, T.SPACING_MM, reader)
+    checked = validate_hu_volume(
+        hu_volume, T.HU_VOLUME, max_slices=reader.max_slices, max_size=reader.matrix_size_px[1]
+    )
+    spacing = validate_spacing(to_numpy(spacing_mm), T.SPACING_MM, reader)
     spacing_tuple = tuple(float(s) for s in spacing)
+    hu = as_tensor(checked, device)
     segmentation = segment_lungs(hu, spacing_tuple, config.lung_segmentation)
     assessment = assess(segmentation, hu, spacing_tuple, config.assessment)
     lung_slices = np.asarray(segmentation.lung_slices, dtype=np.int32)
     selected = selected_slices(hu, segmentation.lung_area_mm2, config)
     classifier_input, segmenter_input = network_inputs_of(hu, selected, lung_slices, config, chunk_slices)
     return {
-        T.CLASSIFIER_INPUT: classifier_input,
-        T.SEGMENTER_INPUT: segmenter_input,
+        T.CLASSIFIER_INPUT: like(as_tensor(classifier_input), hu_volume),
+        T.SEGMENTER_INPUT: like(as_tensor(segmenter_input), hu_volume),
         T.SELECTED_INDICES: selected,
         T.LUNG_SLICES: lung_slices,
         T.LUNG_MASK: np.ascontiguousarray(segmentation.labels[lung_slices], dtype=np.uint8),
@@ -162,31 +196,38 @@ def _read_assessment(tensor: np.ndarray) -> dict:
 
 
 def whole_lung_figures(
-    lung_mask: np.ndarray, infected: np.ndarray, mask_spacing_mm: np.ndarray
+    lung_mask: torch.Tensor, infected: torch.Tensor, mask_spacing_mm: np.ndarray
 ) -> tuple[float, float]:
-    """``(lung volume ml, lesion burden %)`` of the lung-bearing slices' masks ``[L, m, m]``."""
+    """``(lung volume ml, lesion burden %)`` of the lung-bearing slices' masks ``[L, m, m]`` (tensors)."""
     lung = lung_mask != 0
-    voxels = int(np.count_nonzero(lung))
-    volume_ml = voxels * float(np.prod(mask_spacing_mm.astype(np.float64))) / 1000.0
-    burden = 100.0 * np.count_nonzero(infected & lung) / voxels if voxels else 0.0
+    voxels = int(torch.count_nonzero(lung))
+    volume_ml = voxels * float(np.prod(np.asarray(mask_spacing_mm, dtype=np.float64))) / 1000.0
+    burden = 100.0 * int(torch.count_nonzero(infected & lung)) / voxels if voxels else 0.0
     return volume_ml, burden
 
 
 def vote_step(
-    probability: np.ndarray,
-    infection_probability: np.ndarray,
-    lung_mask: np.ndarray,
-    mask_spacing_mm: np.ndarray,
+    probability: ArrayLike,
+    infection_probability: ArrayLike,
+    lung_mask: ArrayLike,
+    mask_spacing_mm: ArrayLike,
     assessment: np.ndarray,
     config: PipelineConfig,
     model_versions: Sequence[str] = (),
     model_card: str = "{}",
+    *,
+    device: torch.device | str | None = None,
 ) -> Arrays:
-    """The answer, whole-lung volume and burden, infection mask (see module docstring)."""
+    """The answer, whole-lung volume and burden, infection mask (see module docstring).
+
+    ``device``: where the reductions run (``None``: where ``infection_probability`` is).
+    ``SLICE_PROBABILITIES`` and ``INFECTION_MASK`` are numpy for numpy input, else tensors
+    on ``device``.
+    """
     prob = check_tensor(probability, T.PROBABILITY, np.float32, (None, 1))
     infection = check_tensor(infection_probability, T.INFECTION_PROBABILITY, np.float32, (None, 1, None, None))
     lung = check_tensor(lung_mask, T.LUNG_MASK, np.uint8, (None, None, None))
-    spacing = check_tensor(mask_spacing_mm, T.MASK_SPACING_MM, np.float32, (3,))
+    spacing = check_tensor(to_numpy(mask_spacing_mm), T.MASK_SPACING_MM, np.float32, (3,))
     if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
         raise TensorInputError(f"{T.MASK_SPACING_MM}: got {spacing.tolist()}; expected three finite spacings > 0 mm")
     if infection.shape[0] != lung.shape[0]:
@@ -194,19 +235,22 @@ def vote_step(
     validate_probabilities(prob, T.PROBABILITY)
     validate_probabilities(infection, T.INFECTION_PROBABILITY)
     document = _read_assessment(assessment)
-    m_h, m_w = lung.shape[1:]
-    if infection.shape[0]:
-        infected = resize_nearest(infection[:, 0] >= config.vote.infection_threshold, (m_h, m_w))
+    infection_t = as_tensor(infection, device)
+    where = infection_t.device
+    lung_t, prob_t = as_tensor(lung, where), as_tensor(prob, where)[:, 0]
+    m_h, m_w = lung_t.shape[1:]
+    if infection_t.shape[0]:
+        infected = resize_nearest(infection_t[:, 0] >= config.vote.infection_threshold, (m_h, m_w))
     else:
-        infected = np.zeros(lung.shape, bool)
-    volume_ml, burden = whole_lung_figures(lung, infected, spacing)
-    n_selected = prob.shape[0]
+        infected = torch.zeros(lung_t.shape, dtype=torch.bool, device=where)
+    volume_ml, burden = whole_lung_figures(lung_t, infected, spacing)
+    n_selected = prob_t.shape[0]
     if n_selected == 0 and not document["reasons"]:
         reason = Reason("too_few_lung_slices", "No slice holds enough lung for the classifier; expected at least one.")
         document["reasons"].append({"code": reason.code, "message": reason.message})
     document["assessable"] = not document["reasons"]
     if n_selected:
-        vote = patient_vote(prob[:, 0], config.vote)
+        vote = patient_vote(prob_t, config.vote)
         positive_fraction, positive = vote.positive_fraction, vote.positive
     else:
         positive_fraction, positive = 0.0, False
@@ -219,8 +263,8 @@ def vote_step(
         T.ASSESSMENT: np.array([json.dumps(document, sort_keys=True).encode("utf-8")], dtype=np.object_),
         T.POSITIVE_FRACTION: np.array([positive_fraction], dtype=np.float32),
         T.VOTE_THRESHOLD: np.array([config.vote.positive_fraction], dtype=np.float32),
-        T.SLICE_PROBABILITIES: prob[:, 0].astype(np.float32),
-        T.INFECTION_MASK: (infected & (lung != 0)).astype(np.uint8),
+        T.SLICE_PROBABILITIES: like(prob_t.to(torch.float32), infection_probability),
+        T.INFECTION_MASK: like((infected & (lung_t != 0)).to(torch.uint8), infection_probability),
         T.LESION_BURDEN_PCT: np.array([burden], dtype=np.float32),
         T.LUNG_VOLUME_ML: np.array([volume_ml], dtype=np.float32),
         T.MODEL_VERSIONS: np.array([str(v).encode("utf-8") for v in model_versions], dtype=np.object_),
@@ -270,4 +314,5 @@ def run_pipeline_reference(
     )
     passed = (T.SELECTED_INDICES, T.LUNG_SLICES, T.LUNG_MASK, T.MASK_SPACING_MM)
     outputs = {**answer, **{name: prepared[name] for name in passed}}
-    return {name: outputs[name] for name in T.ENSEMBLE_OUTPUTS}
+    return {name: outputs[name] if outputs[name].dtype == np.object_ else to_numpy(outputs[name])
+            for name in T.ENSEMBLE_OUTPUTS}

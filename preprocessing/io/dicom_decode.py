@@ -1,15 +1,20 @@
 """Decode the pixel data of a scanned DICOM series to HU int16 ``[N, H, W]``.
 
 Any transfer syntax pydicom 3 can decode with the installed plugins works: uncompressed,
-RLE Lossless, JPEG Lossless (pylibjpeg-libjpeg), JPEG 2000 (pylibjpeg-openjpeg).
+RLE Lossless, JPEG Lossless, JPEG-LS, JPEG 2000, HTJ2K. Which plugin decodes is a
+choice (``decoder``: ``"auto"``, ``"nvimgcodec"``, ``"gdcm"`` or ``"pylibjpeg"``, see
+:mod:`preprocessing.io.pixel_decoders`), resolved once per series in the calling process
+and applied to every slice, in the workers too; :func:`decode_series_recorded` also
+returns the decoder that produced each slice.
 HU = stored * RescaleSlope + RescaleIntercept, rounded and clipped to the int16 range.
 
 Slices are decoded in contiguous chunks by a process pool (one zip archive is opened
 once per chunk); small series, or one worker, decode in-process (the decoders hold the
-GIL, so threads would not help). Workers are forked while the caller is single-threaded;
-in a threaded caller they come from ``forkserver``, which - like any multiprocessing
-start method but ``fork`` - needs the calling script's top level guarded by
-``if __name__ == "__main__":``.
+GIL, so threads would not help). Workers are forked while the caller is single-threaded
+and the choice does not use CUDA; in a threaded caller, or with ``nvimgcodec`` (CUDA
+does not survive ``fork``), they come from ``forkserver``, which - like any
+multiprocessing start method but ``fork`` - needs the calling script's top level guarded
+by ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pydicom
@@ -31,8 +37,15 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from covidct.errors import ConfigError, PixelDecodeError, ResourceLimitError
 from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_scan import PIXEL_DATA_TAG, quiet_pydicom
+from preprocessing.io.dicom_scan import PIXEL_DATA_TAG, SliceHeader, quiet_pydicom
 from preprocessing.io.limits import read_zip_member
+from preprocessing.io.pixel_decoders import (
+    AUTO,
+    decode_pixels,
+    needs_fresh_workers,
+    prepare_process,
+    resolve_decoder_order,
+)
 from preprocessing.io.reader_checks import clip_to_int16
 
 #: Below this many slices per worker, the pool's start-up costs more than it saves.
@@ -57,6 +70,38 @@ class DecodeTask:
     max_bytes: int = ReaderConfig.max_file_bytes
 
 
+@dataclass(frozen=True)
+class DecodedSeries:
+    """A decoded series: ``hu`` int16 ``[N, H, W]`` and, per slice, the decoder that
+    produced it (``"gdcm"``, ``"pylibjpeg"``, ``"nvimgcodec"``, another pydicom plugin's
+    label, or ``"native"`` for pixel data that is not encapsulated)."""
+
+    hu: np.ndarray
+    decoders: tuple[str, ...]
+
+    @property
+    def decoders_used(self) -> tuple[str, ...]:
+        """The distinct decoders of :attr:`decoders`, in the order of first use."""
+        return tuple(dict.fromkeys(self.decoders))
+
+
+def tasks_for_slices(slices: Sequence[SliceHeader], max_bytes: int = ReaderConfig.max_file_bytes) -> list[DecodeTask]:
+    """One :class:`DecodeTask` per scanned slice header (rescale already validated by the scan)."""
+    return [
+        DecodeTask(
+            display=h.ref.display,
+            path=h.ref.path,
+            member=h.ref.member,
+            rows=int(h.rows or 0),
+            columns=int(h.columns or 0),
+            slope=float(h.slope),  # type: ignore[arg-type]
+            intercept=float(h.intercept),  # type: ignore[arg-type]
+            max_bytes=max_bytes,
+        )
+        for h in slices
+    ]
+
+
 def resolve_workers(decode_workers: int, num_slices: int) -> int:
     """Processes to use: ``decode_workers`` (0 = all cores), capped so that each
     worker gets at least :data:`MIN_SLICES_PER_WORKER` slices."""
@@ -68,53 +113,91 @@ def resolve_workers(decode_workers: int, num_slices: int) -> int:
     return max(1, min(wanted, num_slices // MIN_SLICES_PER_WORKER))
 
 
-def decode_series(tasks: Sequence[DecodeTask], *, workers: int = 1) -> np.ndarray:
-    """Decode every task (in order) to HU int16 ``[N, H, W]`` with ``workers`` processes."""
+def decode_series(tasks: Sequence[DecodeTask], *, workers: int = 1, decoder: str = AUTO) -> np.ndarray:
+    """Decode every task (in order) to HU int16 ``[N, H, W]`` with ``workers`` processes
+    and the ``decoder`` choice (:func:`decode_series_recorded` without the record)."""
+    return decode_series_recorded(tasks, workers=workers, decoder=decoder).hu
+
+
+def decode_series_recorded(tasks: Sequence[DecodeTask], *, workers: int = 1, decoder: str = AUTO) -> DecodedSeries:
+    """Decode every task (in order) to HU int16 ``[N, H, W]`` with ``workers`` processes;
+    also return which decoder produced each slice.
+
+    Raises:
+        ConfigError: ``decoder`` is unknown or unavailable here.
+        PixelDecodeError: a slice cannot be decoded, or a worker process died.
+    """
     if not tasks:
         raise ValueError("decode_series needs at least one slice")
-    out = np.empty((len(tasks), tasks[0].rows, tasks[0].columns), dtype=np.int16)
+    order = resolve_decoder_order(decoder)
     if workers <= 1:
-        out[:] = decode_chunk(tasks)
-        return out
+        hu, names = decode_chunk_recorded(tasks, order)
+        return DecodedSeries(hu, names)
+    out = np.empty((len(tasks), tasks[0].rows, tasks[0].columns), dtype=np.int16)
+    decoders: list[str] = []
     size = -(-len(tasks) // (workers * CHUNKS_PER_WORKER))
     starts = range(0, len(tasks), size)
+    context = _pool_context(fresh=needs_fresh_workers(order))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-            chunks = pool.map(decode_chunk, [tasks[s : s + size] for s in starts])
-            for start, chunk in zip(starts, chunks):
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            chunks = pool.map(partial(decode_chunk_recorded, order=order), [tasks[s : s + size] for s in starts])
+            for start, (chunk, names) in zip(starts, chunks):
                 out[start : start + len(chunk)] = chunk
+                decoders.extend(names)
     except BrokenProcessPool as exc:
         raise PixelDecodeError(
             f"{tasks[0].display} and {len(tasks) - 1} more: a decoder process died while "
             f"decoding Pixel Data {PIXEL_DATA_TAG} ({exc}); retry with "
             "ReaderConfig(decode_workers=1)"
         ) from exc
-    return out
+    return DecodedSeries(out, tuple(decoders))
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """``fork`` while this process runs a single thread (fast; no re-import of
-    ``__main__``), else ``forkserver`` (fork is unsafe with threads), else ``spawn``."""
+def _pool_context(fresh: bool = False) -> multiprocessing.context.BaseContext:
+    """``fork`` while this process runs a single thread and ``fresh`` is false (fast; no
+    re-import of ``__main__``), else ``forkserver`` (fork is unsafe with threads and
+    with CUDA), else ``spawn``."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if not fresh and "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def decode_chunk(tasks: Sequence[DecodeTask]) -> np.ndarray:
+def decode_chunk(tasks: Sequence[DecodeTask], decoder: str = AUTO) -> np.ndarray:
     """Decode consecutive slices in this process: HU int16 ``[len(tasks), H, W]``."""
+    return decode_chunk_recorded(tasks, resolve_decoder_order(decoder))[0]
+
+
+def decode_chunk_recorded(tasks: Sequence[DecodeTask], order: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decode consecutive slices in this process with the decoders of ``order`` (from
+    :func:`~preprocessing.io.pixel_decoders.resolve_decoder_order`): HU int16
+    ``[len(tasks), H, W]`` and the decoder of each slice."""
+    prepare_process(order)
     out = np.empty((len(tasks), tasks[0].rows, tasks[0].columns), dtype=np.int16)
+    names = []
     with ExitStack() as stack:
         archive = None  # all members of one series come from one zip
         if tasks[0].member is not None:
             archive = stack.enter_context(zipfile.ZipFile(tasks[0].path))
         for i, task in enumerate(tasks):
-            out[i] = decode_slice(task, archive)
-    return out
+            out[i], name = decode_slice_recorded(task, archive, order)
+            names.append(name)
+    return out, tuple(names)
 
 
-def decode_slice(task: DecodeTask, archive: zipfile.ZipFile | None = None) -> np.ndarray:
+def decode_slice(task: DecodeTask, archive: zipfile.ZipFile | None = None, decoder: str = AUTO) -> np.ndarray:
     """One slice's HU int16 ``[H, W]``; :class:`PixelDecodeError` names file and tag."""
+    order = resolve_decoder_order(decoder)
+    prepare_process(order)
+    return decode_slice_recorded(task, archive, order)[0]
+
+
+def decode_slice_recorded(
+    task: DecodeTask, archive: zipfile.ZipFile | None, order: Sequence[str]
+) -> tuple[np.ndarray, str]:
+    """One slice's HU int16 ``[H, W]`` and the decoder that produced it, trying the
+    decoders of ``order`` (prepared in this process); :class:`PixelDecodeError` names
+    file and tag."""
     try:
         source: str | io.BytesIO = task.path  # a zip member is inflated in bounded chunks
         if archive is not None:
@@ -124,7 +207,7 @@ def decode_slice(task: DecodeTask, archive: zipfile.ZipFile | None = None) -> np
             if "TransferSyntaxUID" not in ds.file_meta:  # raw data set without file meta
                 ds.file_meta.TransferSyntaxUID = _syntax_of(*ds.original_encoding)
             syntax = ds.file_meta.TransferSyntaxUID
-            stored = ds.pixel_array
+            stored, name = decode_pixels(ds, order, task.display)
     except (KeyboardInterrupt, SystemExit, ResourceLimitError, PixelDecodeError):
         raise
     except BaseException as exc:  # any decoder failure, including the
@@ -138,7 +221,7 @@ def decode_slice(task: DecodeTask, archive: zipfile.ZipFile | None = None) -> np
             f"{task.display}: Pixel Data {PIXEL_DATA_TAG} ({syntax.name}) "
             f"decodes to shape {stored.shape}; expected ({task.rows}, {task.columns})"
         )
-    return stored_to_hu(stored, task.slope, task.intercept)
+    return stored_to_hu(stored, task.slope, task.intercept), name
 
 
 def _syntax_of(implicit_vr: bool | None, little_endian: bool | None) -> UID:

@@ -29,7 +29,7 @@ import numpy as np
 
 from covidct.errors import ConfigError, UnsupportedFormatError, VolumeError
 from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_decode import DecodeTask, decode_series, resolve_workers
+from preprocessing.io.dicom_decode import decode_series, resolve_workers, tasks_for_slices
 from preprocessing.io.dicom_series import ScanReport, scan_dicom
 from preprocessing.io.nifti_volume import NIFTI_SUFFIXES, read_nifti
 from preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
@@ -100,20 +100,8 @@ def read_dicom_series(
 ) -> tuple[CTVolume, ScanReport]:
     """Read a DICOM folder, zip or file; also return what the scan found and skipped."""
     report = scan_dicom(Path(path), config)
-    tasks = [
-        DecodeTask(
-            display=h.ref.display,
-            path=h.ref.path,
-            member=h.ref.member,
-            rows=int(h.rows or 0),
-            columns=int(h.columns or 0),
-            slope=float(h.slope),  # type: ignore[arg-type]  # validated by the scan
-            intercept=float(h.intercept),  # type: ignore[arg-type]
-            max_bytes=config.max_file_bytes,
-        )
-        for h in report.slices
-    ]
-    hu = decode_series(tasks, workers=resolve_workers(config.decode_workers, len(tasks)))
+    tasks = tasks_for_slices(report.slices, config.max_file_bytes)
+    hu = decode_series(tasks, workers=resolve_workers(config.decode_workers, len(tasks)), decoder=config.decoder)
     volume = CTVolume(
         hu=hu,
         spacing_mm=report.spacing_mm,

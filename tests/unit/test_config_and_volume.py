@@ -12,6 +12,7 @@ from preprocessing.config import (
     PIPELINE_CONFIG_FILENAME,
     ModelInputConfig,
     PipelineConfig,
+    ReaderConfig,
     SelectionConfig,
     VoteConfig,
 )
@@ -100,3 +101,10 @@ def test_series_key_is_stable_and_not_the_uid():
 def test_dicom_tag_format():
     assert dicom_tag(0x7FE0, 0x0010) == "(7FE0,0010)"
     assert dicom_tag(0x28, 0x1052) == "(0028,1052)"
+
+
+def test_reader_config_names_its_pixel_decoder() -> None:
+    assert ReaderConfig().decoder == "auto"
+    assert ReaderConfig(decoder="gdcm").decoder == "gdcm"
+    with pytest.raises(ConfigError, match=r"ReaderConfig.decoder='jpeg'; expected one of \['auto', 'nvimgcodec'"):
+        ReaderConfig(decoder="jpeg")

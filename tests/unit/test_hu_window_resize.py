@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from covidct.errors import ConfigError, VolumeError
 from preprocessing.config import WindowConfig
 from preprocessing.hu_window import window_normalize
-from preprocessing.resize import resize_bilinear, resize_images, resize_masks, resize_nearest
+from preprocessing.slice_resize import resize_bilinear, resize_images, resize_masks, resize_nearest
 
 
 def _torch_resize(stack: np.ndarray, out_hw: tuple[int, int], mode: str) -> np.ndarray:

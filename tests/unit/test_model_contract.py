@@ -36,9 +36,10 @@ def _config(model: str):
 
 
 def _tensor_parameters(function) -> list[str]:
-    """Upper-case tensor names of a step function's parameters (settings excluded)."""
-    settings = {"config", "model_versions", "model_card", "chunk_slices"}
-    return [p.upper() for p in inspect.signature(function).parameters if p not in settings]
+    """Upper-case tensor names of a step function's parameters (settings and keyword-only ones excluded)."""
+    settings = {"config", "model_versions", "model_card"}
+    return [name.upper() for name, p in inspect.signature(function).parameters.items()
+            if name not in settings and p.kind is not p.KEYWORD_ONLY]
 
 
 @pytest.fixture(scope="module")

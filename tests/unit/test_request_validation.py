@@ -35,7 +35,7 @@ def test_valid_volume_and_spacing_pass_through() -> None:
         (np.zeros((0, 32, 32), np.int16), r"HU_VOLUME: got int16 \[0, 32, 32\] with 0 slices; expected at least 1"),
         (np.zeros((2, 16, 32), np.int16),
          r"HU_VOLUME: got int16 \[2, 16, 32\], slices 16x32 pixels; expected H, W >= 32"),
-        ([[1, 2]], r"HU_VOLUME: got list; expected a numpy array int16"),
+        ([[1, 2]], r"HU_VOLUME: got list; expected an array int16 \[-1, -1, -1\]"),
     ],
 )
 def test_bad_volumes_are_refused(array: object, pattern: str) -> None:
