@@ -17,7 +17,7 @@ PYTEST_ARGS     ?=
 PERF_WHEEL      ?= tritonclient==2.50.0
 PERF_DIR        := $(TRITON_DIR)/perf_analyzer
 
-.PHONY: setup pacs-tools demo test test-unit test-integration lint bench clean
+.PHONY: setup pacs-tools demo test test-unit test-integration lint bench clean gpu-bundle
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -65,6 +65,15 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The GPU machine's bundle (no network there; run after `make setup`): Triton server, stub numpy,
+# client packages, stripped, with a manifest; fails when bundle + working tree exceed 64 MiB.
+# Then, on the GPU machine with the bundle folder carried along: bash benchmarks/gpu_check.sh OUTDIR
+GPU_BUNDLE      ?= gpu_bundle
+GPU_PYTHON      ?= 3.12
+
+gpu-bundle:
+	$(PY) -m benchmarks.gpu_bundle --out $(GPU_BUNDLE) --python-version $(GPU_PYTHON)
 
 clean:
 	rm -rf $(VENV) $(TRITON_DIR) .pytest_cache

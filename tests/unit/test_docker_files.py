@@ -335,6 +335,12 @@ def test_dockerfile_cmd_sizes_python_backend_shared_memory():
     assert parse_size(compose_service("triton")["shm_size"]) >= 4 * int(settings["shm-default-byte-size"])
 
 
+def test_dockerfile_cmd_sizes_the_cuda_memory_pool_like_the_launcher():
+    from covidct.triton_server import CUDA_POOL_BYTES
+
+    assert cmd_flag(dockerfile_cmd(), "--cuda-memory-pool-byte-size") == [f"0:{CUDA_POOL_BYTES}"]
+
+
 def test_dockerfile_healthcheck_probes_readiness_with_shipped_script():
     instructions = dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8"))
     checks = [rest for kw, rest in instructions if kw == "HEALTHCHECK"]

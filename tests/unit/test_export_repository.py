@@ -198,8 +198,15 @@ def test_container_repository_with_plans(checkpoints, tmp_path):
 def test_portable_gpu_instances(checkpoints, tmp_path):
     report = generate_repository(checkpoints["classifier"], checkpoints["segmenter"], tmp_path / "repo",
                                  options=replace(FAST, gpu=True))
-    assert read_config(report.path / "classifier").instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    for model in ("preprocess", "classifier", "segmenter", "vote"):
+        config = read_config(report.path / model)
+        assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU, model
+        # Inputs are handed over where they lie, so GPU tensors stay on the GPU between steps.
+        assert get_parameter(config, "FORCE_CPU_ONLY_INPUT_TENSORS") == "no", model
     assert {r.precision for r in report.rows} == {"FP16 (torch)"}
+    cpu = generate_repository(checkpoints["classifier"], checkpoints["segmenter"], tmp_path / "cpu", options=FAST)
+    assert get_parameter(read_config(cpu.path / "preprocess"), "FORCE_CPU_ONLY_INPUT_TENSORS") is None
+    assert get_parameter(read_config(cpu.path / "preprocess"), "intra_op_threads") == "1"
 
 
 def test_existing_output_is_kept_unless_overwrite(checkpoints, tmp_path):

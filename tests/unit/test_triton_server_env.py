@@ -21,6 +21,7 @@ from covidct.triton_server import (
     log_excerpt,
     prepare_stub,
     read_log_tail,
+    CUDA_POOL_BYTES,
     server_command,
 )
 
@@ -108,6 +109,10 @@ def test_server_command_flags(tmp_path):
     gpu_command = server_command(install, ServerConfig(tmp_path, gpu=True), (1, 2, 3), "p")
     assert "--pinned-memory-pool-byte-size=0" not in gpu_command
     assert "--allow-gpu-metrics=true" in gpu_command
+    # The KIND_GPU steps hand a 2,000-slice series' tensors on through this pool.
+    assert f"--cuda-memory-pool-byte-size=0:{CUDA_POOL_BYTES}" in gpu_command
+    assert CUDA_POOL_BYTES >= 2000 * (512**2 + 2 * 256**2) * 4
+    assert not any(arg.startswith("--cuda-memory-pool") for arg in command)
 
 
 def test_free_ports_distinct():
