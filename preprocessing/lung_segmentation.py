@@ -49,10 +49,11 @@ centre and the spine (the most persistent bone position over the lung slices).
 
 Where it runs: the block averaging reads the full-resolution volume and runs with torch on
 the input's device (a CUDA tensor on a GPU instance); everything after it runs on a host
-copy of the grid (1/16 of the voxels of a 512 x 512 series, int16), with scipy: the
-3-D connected components, hole fills and region growing have no torch operation, and on
-the grid they cost a fraction of what copying the full volume would (see
-``benchmarks/results/README.md``).
+copy of the grid (1/16 of the voxels of a 512 x 512 series, int16: 13.3 MB against the
+volume's 213 MB at 406 slices), with scipy: the 3-D connected components, hole fills and
+region growing have no torch operation. That host part took 0.25 s for 406 slices on one
+core of the development box (``benchmarks/results/cpu-2core/README.md``): on a GPU instance
+it is the floor of the ``preprocess`` step.
 
 Cost per slice: ``benchmarks/bench_assessment.py``, results in ``benchmarks/results/``.
 The grid helpers live in :mod:`preprocessing.mask_grid`, the airway tree in

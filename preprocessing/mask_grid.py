@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from preprocessing.devices import ArrayLike, as_tensor, like
@@ -16,7 +15,7 @@ from preprocessing.devices import ArrayLike, as_tensor, like
 #: Per-slice (2-D, 4-connected) structuring element for 3-D arrays.
 STRUCT_2D = np.zeros((3, 3, 3), dtype=bool)
 STRUCT_2D[1] = ndimage.generate_binary_structure(2, 1)
-#: Slices averaged per block-averaging chunk (keeps the float32 copy in cache).
+#: Slices summed per block-averaging chunk (keeps the int32 sums in cache).
 REDUCE_CHUNK = 8
 
 
@@ -38,13 +37,17 @@ def block_mean(hu: ArrayLike, factor: int) -> ArrayLike:
     if factor == 1:
         return like(src.to(torch.int16).contiguous(), hu)
     out = torch.empty((n, h, w), dtype=torch.int16, device=values.device)
-    area = factor * factor
     for i in range(0, n, REDUCE_CHUNK):
-        # Block sums in float32 are exact (|sum| <= area * 32768 < 2**24), and so is the
-        # floor of their correctly rounded quotient (a non-integer quotient is >= 1/area
-        # away from the next integer; float32's error here is < 0.002).
-        sums = F.avg_pool2d(src[i : i + REDUCE_CHUNK, None].float(), factor, divisor_override=1)[:, 0]
-        out[i : i + REDUCE_CHUNK] = torch.floor(sums / area)
+        # Rows of each block first (contiguous rows, int32), then its columns; floor division.
+        rows = src[i : i + REDUCE_CHUNK].reshape(-1, h, factor, w * factor)
+        acc = rows[:, :, 0, :].to(torch.int32)
+        for k in range(1, factor):
+            acc += rows[:, :, k, :]
+        acc = acc.reshape(-1, h, w, factor)
+        total = acc[..., 0].clone()
+        for k in range(1, factor):
+            total += acc[..., k]
+        out[i : i + REDUCE_CHUNK] = torch.div(total, factor * factor, rounding_mode="floor")
     return like(out, hu)
 
 
