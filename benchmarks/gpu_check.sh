@@ -19,8 +19,10 @@
 #    --emulate-image also refuses imports of anything neither the GPU machine's image nor the
 #    bundle holds (benchmarks.gpu_image.guard_imports): a dry run here then fails where the
 #    GPU machine would.
-# 3. correctness first: benchmarks.gpu_parity (export seeded random weights, serve with KIND_GPU
-#    instances - KIND_CPU with --device cpu - compare every output with the in-process reference).
+# 3. correctness first: tests/unit/test_device_numerics.py on the device (the torch numerics equal
+#    the numpy implementation they replaced), then benchmarks.gpu_parity (export seeded random
+#    weights, serve with KIND_GPU instances - KIND_CPU with --device cpu - compare every output
+#    with the in-process reference).
 # 4. then benchmarks.gpu_run on the same repository: paper 002's Table 5 slice counts with the naive
 #    FP32 loop, throughput at concurrency 1-16 with the GPU memory peak (--quick: tiny sizes).
 # Each phase runs under `timeout` within --budget-s seconds in all (default 420: with the 10 s kill
@@ -164,6 +166,14 @@ from covidct.triton_server import locate_triton; print("gpu_check: server", loca
 phase_s install $((SECONDS - T0))
 
 # 3. correctness ----------------------------------------------------------------------------------
+# 3a. the per-slice numerics on this device equal the numpy implementation they replaced
+LIMIT=$(remaining); [ "$LIMIT" -gt 60 ] || fail "no time left for the numerics tests (budget $BUDGET_S s)"
+T0=$SECONDS rc=0
+timeout -k 10 120 "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/unit/test_device_numerics.py" -k "$DEVICE" \
+  -rs --junitxml="$OUTDIR/numerics.xml" || rc=$?
+phase_s numerics $((SECONDS - T0))
+[ "$rc" = 0 ] || fail "the torch numerics on $DEVICE differ from the numpy reference (pytest exit $rc; see the log)"
+# 3b. the served ensemble on this device equals the in-process CPU reference
 QUICK_ARG=(); [ "$QUICK" = 1 ] && QUICK_ARG=(--quick)
 LIMIT=$(remaining); [ "$LIMIT" -gt 30 ] || fail "no time left for the parity check (budget $BUDGET_S s)"
 T0=$SECONDS rc=0
