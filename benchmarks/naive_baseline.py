@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import ConfigError, ExportError
-from export.pbtxt import latest_version_dir
+from export.pbtxt import get_parameter, latest_version_dir, read_config
 from preprocessing.config import PipelineConfig
+from preprocessing.devices import set_intra_op_threads
 from preprocessing.volume import CTVolume
 
 RUNNER_MODELS = ("classifier", "segmenter")
@@ -75,9 +76,6 @@ class NaiveBaseline:
         self.repository = Path(repository)
         self.config = PipelineConfig.load(latest_version_dir(self.repository / "preprocess"))
         # The per-slice numerics run with the torch threads the served preprocess step uses.
-        from export.pbtxt import get_parameter, read_config
-        from preprocessing.devices import set_intra_op_threads
-
         set_intra_op_threads(int(get_parameter(read_config(self.repository / "preprocess"), "intra_op_threads", "0")))
         self.backend = backend
         self.device = device

@@ -28,7 +28,6 @@ describes other weights, is not exported (:func:`checked_model_card`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -47,6 +46,7 @@ from export.config import (
 )
 from export.parity import ParityReport, check_parity, onnxruntime_function, torch_function
 from export.pbtxt import TensorSpec, read_config, single_io
+from training.model_card import file_sha256
 
 SLICE_AXIS_NAME = "slices"
 PRODUCER = "covidct-triton export"
@@ -65,15 +65,6 @@ class OnnxExportResult:
     size_bytes: int
     weights_sha256: str
     parity: ParityReport
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checked_model_card(directory: Path, model_config, weights_sha256: str):

@@ -106,7 +106,8 @@ class _Checkpoint:
 
 
 def _load(directory: str | Path, role: str) -> _Checkpoint:
-    from export.onnx_export import checked_model_card, file_sha256
+    from export.onnx_export import checked_model_card
+    from training.model_card import file_sha256
     from training.checkpoint import load_checkpoint
 
     directory = Path(directory)

@@ -43,6 +43,11 @@ def as_tensor(array: Any, device: torch.device | str | None = None, what: str = 
     return tensor if device is None else tensor.to(device)
 
 
+def torch_dtype(dtype: np.dtype | type) -> torch.dtype:
+    """The torch dtype of a numpy dtype (``np.int16`` -> ``torch.int16``)."""
+    return torch.from_numpy(np.zeros(0, dtype)).dtype
+
+
 def dtype_name(tensor: torch.Tensor) -> str:
     """numpy's name of a tensor's dtype (``int16``, ``bool``, ``float32``) for messages."""
     return str(tensor.dtype).removeprefix("torch.")

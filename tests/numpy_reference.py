@@ -19,7 +19,7 @@ import numpy as np
 from preprocessing.config import MaskConfig, ModelInputConfig, PipelineConfig
 from preprocessing.lung_crop import NO_BOX
 from preprocessing.lung_masks import CHUNK_SLICES, _lung_from_low_density, _work_setup
-from preprocessing.resize import linear_axis_weights, nearest_axis_index
+from preprocessing.resize import linear_axis_weights, resize_nearest  # numpy, the client's; unchanged
 
 
 def window_normalize(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -45,13 +45,6 @@ def resize_bilinear(array: np.ndarray, out_hw: tuple[int, int], box=None) -> np.
     out = rows[:, :, xa] * (1.0 - wx)[None, None, :]
     out += rows[:, :, xb] * wx[None, None, :]
     return out
-
-
-def resize_nearest(array: np.ndarray, out_hw: tuple[int, int], box=None) -> np.ndarray:
-    y0, y1, x0, x1 = (0, array.shape[1], 0, array.shape[2]) if box is None else box
-    yi = nearest_axis_index(y0, y1, out_hw[0])
-    xi = nearest_axis_index(x0, x1, out_hw[1])
-    return array[:, yi[:, None], xi[None, :]]
 
 
 def _low_density(hu: np.ndarray, threshold_hu: float, f: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from covidct.errors import TensorInputError
 from covidct.serving.tensors import HU_VOLUME, SPACING_MM
 from preprocessing.config import ReaderConfig
-from preprocessing.devices import ArrayLike, as_tensor
+from preprocessing.devices import ArrayLike, as_tensor, dtype_name, torch_dtype
 
 #: Smallest in-plane size (pixels) of a slice that the pipeline accepts.
 MIN_SLICE_SIZE = 32
@@ -29,12 +29,8 @@ def describe(array: object) -> str:
     if isinstance(array, np.ndarray):
         return f"{array.dtype} {list(array.shape)}"
     if isinstance(array, torch.Tensor):
-        return f"{str(array.dtype).removeprefix('torch.')} {list(array.shape)} on {array.device}"
+        return f"{dtype_name(array)} {list(array.shape)} on {array.device}"
     return type(array).__name__
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
 def check_tensor(array: object, name: str, dtype: np.dtype | type, shape: Sequence[int | None]) -> ArrayLike:
@@ -47,7 +43,7 @@ def check_tensor(array: object, name: str, dtype: np.dtype | type, shape: Sequen
     dims = ["-1" if d is None or d == -1 else str(d) for d in shape]
     expected = f"{expected_dtype} [{', '.join(dims)}]"
     if isinstance(array, torch.Tensor) and expected_dtype != np.object_:
-        dtype_ok = array.dtype == _torch_dtype(expected_dtype)
+        dtype_ok = array.dtype == torch_dtype(expected_dtype)
     elif isinstance(array, np.ndarray):
         dtype_ok = array.dtype == expected_dtype
     else:

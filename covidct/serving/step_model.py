@@ -180,7 +180,9 @@ class StepModel:
         if dtype != np.object_ and type(value).__module__.startswith("torch"):
             import torch
 
-            tensor = value.to(torch.from_numpy(np.zeros(0, dtype)).dtype).contiguous()
+            from preprocessing.devices import torch_dtype
+
+            tensor = value.to(torch_dtype(dtype)).contiguous()
             if fixed:
                 tensor = tensor.reshape(dims)
             if tensor.device.type == "cuda":

@@ -50,7 +50,7 @@ from preprocessing.hu_window import window_normalize
 from preprocessing.lung_masks import lung_and_infection_masks
 from preprocessing.lung_segmentation import segment_lungs
 from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
-from preprocessing.patient_vote import patient_vote
+from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
 from preprocessing.slice_resize import resize_nearest
 from preprocessing.slice_selection import select_by_lung_area, select_open_lung_slices
 from preprocessing.volume import CTVolume
@@ -104,18 +104,13 @@ def network_inputs_of(
         windowed = window_normalize(chunk, config.window)
         need = mask_rows[part]
         masks = lung_and_infection_masks(_take(chunk, need), config.masks) if need.any() else None
-        # Row of each chunk slice within the masked rows (valid where ``need``).
-        mask_row = np.cumsum(need) - 1
         for keep, takes_masks, build, parts in (
             (in_selected[part], mask_cls, classifier_inputs, classifier_parts),
             (in_lung[part], mask_seg, segmenter_inputs, segmenter_parts),
         ):
             if keep.any():
-                sub_masks = None
-                if takes_masks and masks is not None:
-                    mine = np.zeros(masks[0].shape[0], bool)
-                    mine[mask_row[keep]] = True
-                    sub_masks = (_take(masks[0], mine), _take(masks[1], mine))
+                # The masks hold the ``need`` rows of the chunk; a network that takes masks keeps a subset.
+                sub_masks = (_take(masks[0], keep[need]), _take(masks[1], keep[need])) if takes_masks else None
                 parts.append(build(_take(chunk, keep), config, sub_masks, _take(windowed, keep)))
     return like(torch.cat(classifier_parts), hu), like(torch.cat(segmenter_parts), hu)
 
@@ -196,14 +191,12 @@ def _read_assessment(tensor: np.ndarray) -> dict:
 
 
 def whole_lung_figures(
-    lung_mask: torch.Tensor, infected: torch.Tensor, mask_spacing_mm: np.ndarray
+    lung_mask: ArrayLike, infected: ArrayLike, mask_spacing_mm: np.ndarray
 ) -> tuple[float, float]:
-    """``(lung volume ml, lesion burden %)`` of the lung-bearing slices' masks ``[L, m, m]`` (tensors)."""
-    lung = lung_mask != 0
-    voxels = int(torch.count_nonzero(lung))
-    volume_ml = voxels * float(np.prod(np.asarray(mask_spacing_mm, dtype=np.float64))) / 1000.0
-    burden = 100.0 * int(torch.count_nonzero(infected & lung)) / voxels if voxels else 0.0
-    return volume_ml, burden
+    """``(lung volume ml, lesion burden %)`` of the lung-bearing slices' masks ``[L, m, m]``
+    on the mask grid of spacing ``(z, y, x)`` mm."""
+    z, y, x = (float(s) for s in mask_spacing_mm)
+    return lung_volume_ml(lung_mask, y * x, z), lesion_burden_percent(infected, lung_mask)
 
 
 def vote_step(

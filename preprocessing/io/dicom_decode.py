@@ -163,11 +163,6 @@ def _pool_context(fresh: bool = False) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def decode_chunk(tasks: Sequence[DecodeTask], decoder: str = AUTO) -> np.ndarray:
-    """Decode consecutive slices in this process: HU int16 ``[len(tasks), H, W]``."""
-    return decode_chunk_recorded(tasks, resolve_decoder_order(decoder))[0]
-
-
 def decode_chunk_recorded(tasks: Sequence[DecodeTask], order: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Decode consecutive slices in this process with the decoders of ``order`` (from
     :func:`~preprocessing.io.pixel_decoders.resolve_decoder_order`): HU int16
