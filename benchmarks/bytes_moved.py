@@ -221,6 +221,7 @@ def request_tensors(
     values: dict[str, np.ndarray] = {
         T.HU_VOLUME: np.ascontiguousarray(hu, dtype=np.int16),
         T.SPACING_MM: np.asarray(spacing_mm, dtype=np.float32),
+        T.SLICE_POSITIONS_MM: np.arange(hu.shape[0], dtype=np.float32) * np.float32(spacing_mm[0]),
     }
     for step in ensemble.ensemble_scheduling.step:
         name = step.model_name

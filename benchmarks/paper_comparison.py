@@ -218,10 +218,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         bytes_table(moved),
         "",
-        "client in: `HU_VOLUME` + `SPACING_MM` (inside the gRPC message, or a shared-memory region on the "
-        "same host); client out: every ensemble output. Step in/out: the tensors copied between Triton's core "
-        "and the step's Python stub. Numeric tensors count shape x itemsize, BYTES tensors their UTF-8 "
-        "length + 4 bytes per element. Full-volume crossings: step inputs/outputs at least as large as "
+        "client in: `HU_VOLUME` + `SPACING_MM` + `SLICE_POSITIONS_MM` (inside the gRPC message, or a "
+        "shared-memory region on the same host); client out: every ensemble output. Step in/out: the "
+        "tensors copied between Triton's core and the step's Python stub. Numeric tensors count shape x "
+        "itemsize, BYTES tensors their UTF-8 length + 4 bytes per element. Full-volume crossings: step "
+        "inputs/outputs at least as large as "
         "`HU_VOLUME`. Sizes computed in-process with the served settings; "
         + ("answer shapes differ from the served ones: " + " | ".join(mismatches) if mismatches
            else "every answer shape and the model versions equal the served answer's."),

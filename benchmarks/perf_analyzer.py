@@ -115,7 +115,7 @@ def perf_analyzer_env(binary: Path) -> dict[str, str]:
 def model_inputs(repository: Path, slices: int, size: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Realistic request tensors of every model for one phantom series (see module docstring)."""
     from covidct.serving import tensors as T  # the serving stack, only here
-    from covidct.serving.steps import preprocess_step
+    from covidct.serving.steps import preprocess_step, slice_positions
 
     naive = NaiveBaseline(repository)
     volume = phantom_volume(slices, size, seed)
@@ -123,7 +123,8 @@ def model_inputs(repository: Path, slices: int, size: int, seed: int) -> dict[st
     prepared = preprocess_step(volume.hu, spacing, naive.config)
     probability = naive.run_network("classifier", prepared[T.CLASSIFIER_INPUT]).astype(np.float32)
     infection = naive.run_network("segmenter", prepared[T.SEGMENTER_INPUT]).astype(np.float32)
-    volume_inputs = {T.HU_VOLUME: volume.hu, T.SPACING_MM: spacing}
+    volume_inputs = {T.HU_VOLUME: volume.hu, T.SPACING_MM: spacing,
+                     T.SLICE_POSITIONS_MM: slice_positions(volume)}
     return {
         T.ENSEMBLE: volume_inputs,
         "preprocess": volume_inputs,

@@ -42,12 +42,15 @@ class Assessment:
 
     assessable: False when the series is not a plausible adult chest CT.
     reasons: one :class:`Reason` per failed check (empty when assessable).
+    warnings: what holds the answer back without refusing it (e.g. ``partial_coverage``:
+        a margin of the lung bases or apices outside the scan), same form as ``reasons``.
     measurements: name -> value of what the checks measured (units in the name; NaN
         where the server sent ``null``).
     """
 
     assessable: bool = True
     reasons: tuple[Reason, ...] = ()
+    warnings: tuple[Reason, ...] = ()
     measurements: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +58,7 @@ class Assessment:
         return {
             "assessable": self.assessable,
             "reasons": [{"code": r.code, "message": r.message} for r in self.reasons],
+            "warnings": [{"code": w.code, "message": w.message} for w in self.warnings],
             "measurements": {k: (v if math.isfinite(v) else None) for k, v in self.measurements.items()},
         }
 
@@ -83,14 +87,8 @@ def parse_assessment(document: Any, context: str) -> Assessment:
     assessable = document.get("assessable")
     if not isinstance(assessable, bool):
         raise _malformed(context, ASSESSMENT, f"'assessable' is {assessable!r}; expected true or false")
-    raw_reasons = document.get("reasons", [])
-    if not isinstance(raw_reasons, list):
-        raise _malformed(context, ASSESSMENT, f"'reasons' is {type(raw_reasons).__name__}; expected a list")
-    reasons = []
-    for i, item in enumerate(raw_reasons):
-        if not (isinstance(item, dict) and isinstance(item.get("code"), str) and isinstance(item.get("message"), str)):
-            raise _malformed(context, ASSESSMENT, f"reasons[{i}] is {item!r}; expected {{'code': str, 'message': str}}")
-        reasons.append(Reason(item["code"], item["message"]))
+    reasons = _parse_reasons(document, "reasons", context)
+    warnings = _parse_reasons(document, "warnings", context)
     if not assessable and not reasons:
         raise _malformed(context, ASSESSMENT, "not assessable without any reason")
     raw_measurements = document.get("measurements", {})
@@ -106,7 +104,20 @@ def parse_assessment(document: Any, context: str) -> Assessment:
             measurements[key] = float(value)
         else:
             raise _malformed(context, ASSESSMENT, f"measurement {key!r} is {value!r}; expected a number or null")
-    return Assessment(assessable=assessable, reasons=tuple(reasons), measurements=measurements)
+    return Assessment(assessable=assessable, reasons=reasons, warnings=warnings, measurements=measurements)
+
+
+def _parse_reasons(document: dict, key: str, context: str) -> tuple[Reason, ...]:
+    """The ``reasons`` or ``warnings`` list of the ``ASSESSMENT`` JSON (absent = empty)."""
+    raw = document.get(key, [])
+    if not isinstance(raw, list):
+        raise _malformed(context, ASSESSMENT, f"{key!r} is {type(raw).__name__}; expected a list")
+    items = []
+    for i, item in enumerate(raw):
+        if not (isinstance(item, dict) and isinstance(item.get("code"), str) and isinstance(item.get("message"), str)):
+            raise _malformed(context, ASSESSMENT, f"{key}[{i}] is {item!r}; expected {{'code': str, 'message': str}}")
+        items.append(Reason(item["code"], item["message"]))
+    return tuple(items)
 
 
 def parse_model_card(document: Any, context: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The batch report: a readable table for people, a JSON document for machines.
 
 The JSON document follows ``client/result_schema.json`` (draft 2020-12, ``report_version``
-2); validate with :func:`validate_report` (needs ``jsonschema``, a dev dependency). The
+3); validate with :func:`validate_report` (needs ``jsonschema``, a dev dependency). The
 masks stay out of the JSON (overlays show them); every answer carries its model card, and
 the answer of a demo model carries the demo warning in the JSON and in the table.
 """
@@ -17,7 +17,7 @@ from client.batch import PatientOutcome, batch_exit_code
 from client.result import NEGATIVE, NOT_ASSESSABLE, POSITIVE, model_summary
 
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 TIMING_NOTE = (
     "timings.round_trip_s covers transfer, server queueing and server compute together; "
     "timings.server_s is null because the server does not report per-request compute time"
@@ -94,13 +94,14 @@ def _figure(value: float, fmt: str, width: int) -> str:
 
 def format_table(outcomes: Sequence[PatientOutcome]) -> str:
     """One row per input: answer, positive fraction, burden, lung volume, slices, times,
-    transport, and the reason codes of a not-assessable series; then the counts, the
+    transport, the reason codes of a not-assessable series and the warning codes
+    (``warning: partial_coverage``) of an answer given with a warning; then the counts, the
     models that answered (network + training data), and the demo warning when a demo
     model answered (its answers are marked ``*``)."""
     width = max([len("input"), *(min(len(o.input), 48) for o in outcomes)])
     header = (
         f"{'input':<{width}}  {'answer':<15} {'pos.frac':>8} {'burden %':>8} {'lung ml':>8} "
-        f"{'selected':>9} {'read s':>7} {'send s':>7} {'total s':>7}  {'via':<13}  reasons"
+        f"{'selected':>9} {'read s':>7} {'send s':>7} {'total s':>7}  {'via':<13}  reasons / warnings"
     )
     lines = [header, "-" * len(header)]
     for o in outcomes:
@@ -117,7 +118,7 @@ def format_table(outcomes: Sequence[PatientOutcome]) -> str:
             f"{name:<{width}}  {answer_label(o):<15} {_figure(fraction, '.2f', 8)} {_figure(burden, '.2f', 8)} "
             f"{_figure(r.lung_volume_ml, '.0f', 8)} {selected:>9} {t.read_s:>7.2f} "
             f"{t.prepare_s + t.round_trip_s:>7.2f} {t.total_s:>7.2f}  {r.transport:<13}  "
-            f"{', '.join(r.reason_codes)}".rstrip()
+            f"{', '.join([*r.reason_codes, *(f'warning: {c}' for c in r.warning_codes)])}".rstrip()
         )
     counts = summary_counts(outcomes)
     lines.append(

@@ -162,6 +162,12 @@ class PipelineResult:
         return tuple(r.code for r in self.assessment.reasons)
 
     @property
+    def warning_codes(self) -> tuple[str, ...]:
+        """The codes of the warnings that hold the answer back without refusing it
+        (e.g. ``partial_coverage``)."""
+        return tuple(w.code for w in self.assessment.warnings)
+
+    @property
     def demo(self) -> bool:
         """True when any served network's card says it is a demo model."""
         return is_demo(self.model_card)

@@ -1,7 +1,8 @@
 """Send one patient series to the ``covid_ct_pipeline`` ensemble over gRPC.
 
-Only ``HU_VOLUME`` (int16 ``[N, H, W]``, HU) and ``SPACING_MM`` (float32 (z, y, x), mm)
-leave the client: no patient identifier, no DICOM header, no file name, no request id.
+Only ``HU_VOLUME`` (int16 ``[N, H, W]``, HU), ``SPACING_MM`` (float32 (z, y, x), mm)
+and ``SLICE_POSITIONS_MM`` (float32 ``[N]``, mm from the first slice: where slices are
+missing, the server sees the gap) leave the client: no patient identifier, no DICOM header, no file name, no request id.
 The answer comes back as a frozen :class:`~client.result.PipelineResult`.
 
 Typical use::
@@ -57,10 +58,13 @@ def read_volume(
 
 
 def request_arrays(volume: CTVolume) -> dict[str, np.ndarray]:
-    """The two request tensors of one series, by name: nothing but HU and spacing."""
+    """The three request tensors of one series, by name: nothing but HU, spacing and the
+    slice positions relative to the first slice (mm)."""
+    positions = np.asarray(volume.positions_mm, dtype=np.float64)
     return {
         tensors.HU_VOLUME: np.ascontiguousarray(volume.hu, dtype=np.int16),
         tensors.SPACING_MM: np.asarray(volume.spacing_mm, dtype=np.float32),
+        tensors.SLICE_POSITIONS_MM: (positions - positions[0]).astype(np.float32),
     }
 
 

@@ -16,8 +16,8 @@ Layout::
     |   |   +-- PixelDecodeError           corrupt or undecodable pixel data
     |   |   +-- ModalityError              (0008,0060) is not CT
     |   |   +-- GeometryMismatchError      mixed (0028,0010)/(0028,0011), orientation
+    |   |   |   +-- ObliqueSeriesError     (0020,0037) oblique or gantry-tilted
     |   |   +-- DuplicatePositionError     two slices at one position
-    |   |   +-- SliceGapError              missing slices (position gaps)
     |   |   +-- RescaleMissingError        (0028,1052)/(0028,1053) absent
     |   |   +-- RescaleValueError          slope zero/not finite, intercept not finite
     |   |   +-- TooFewSlicesError          one slice only
@@ -98,8 +98,8 @@ class DuplicatePositionError(SeriesReadError):
     """Two slices share one patient position."""
 
 
-class SliceGapError(SeriesReadError):
-    """Slice positions have a gap: slices are missing."""
+class ObliqueSeriesError(GeometryMismatchError):
+    """Image Orientation (Patient) (0020,0037) too far off the patient axes (oblique, tilted)."""
 
 
 class RescaleMissingError(SeriesReadError):

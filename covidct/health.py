@@ -105,6 +105,8 @@ def probe_request_body() -> bytes:
     inputs = [
         {"name": tensors.HU_VOLUME, "shape": [n, h, w], "datatype": "INT16", "data": plane * n},
         {"name": tensors.SPACING_MM, "shape": [3], "datatype": "FP32", "data": list(PROBE_SPACING_MM)},
+        {"name": tensors.SLICE_POSITIONS_MM, "shape": [n], "datatype": "FP32",
+         "data": [i * PROBE_SPACING_MM[0] for i in range(n)]},
     ]
     outputs = [{"name": tensors.VERDICT}, {"name": tensors.ASSESSMENT}]
     return json.dumps({"inputs": inputs, "outputs": outputs}).encode()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from covidct.errors import VolumeError
+from preprocessing.orientation import IDENTITY, InPlaneTransform
 
 SOURCE_FORMATS = ("dicom", "dicom-zip", "nifti", "tiff", "array")
 
@@ -42,6 +43,12 @@ class CTVolume:
         source_format: one of ``SOURCE_FORMATS``.
         source_names: per slice, the file name relative to the input root (sorted
             order) where the input was a set of files; empty otherwise.
+        source_frames: per slice, its 1-based frame number inside a multi-frame source
+            file (Enhanced / Legacy Converted Enhanced CT); empty for single-frame files.
+        orientation: how the stored pixels of the source slices were turned into this
+            patient-frame layout (:class:`~preprocessing.orientation.InPlaneTransform`;
+            the identity for supine head-first DICOM and for the other formats);
+            ``orientation.to_source`` maps masks back to the source frames.
     """
 
     hu: np.ndarray
@@ -50,6 +57,8 @@ class CTVolume:
     series_key: str
     source_format: str
     source_names: tuple[str, ...] = field(default=())
+    source_frames: tuple[int, ...] = field(default=())
+    orientation: InPlaneTransform = field(default=IDENTITY)
 
     def __post_init__(self) -> None:
         hu = self.hu
@@ -76,6 +85,12 @@ class CTVolume:
             raise VolumeError(
                 f"CTVolume.source_names must name every slice ({hu.shape[0]}); "
                 f"got {len(self.source_names)}"
+            )
+
+        if self.source_frames and len(self.source_frames) != hu.shape[0]:
+            raise VolumeError(
+                f"CTVolume.source_frames must give every slice's frame ({hu.shape[0]}); "
+                f"got {len(self.source_frames)}"
             )
 
     @property

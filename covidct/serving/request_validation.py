@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from covidct.errors import TensorInputError
-from covidct.serving.tensors import HU_VOLUME, SPACING_MM
+from covidct.serving.tensors import HU_VOLUME, SLICE_POSITIONS_MM, SPACING_MM
 from preprocessing.config import ReaderConfig
 from preprocessing.devices import ArrayLike, as_tensor, dtype_name, torch_dtype
 
@@ -110,6 +110,29 @@ def validate_spacing(array: object, name: str = SPACING_MM, reader: ReaderConfig
                 f"[{p_low:g}, {p_high:g}] mm (spacings CT scanners produce)"
             )
     return spacing
+
+
+def validate_positions(array: object, num_slices: int, name: str = SLICE_POSITIONS_MM) -> np.ndarray:
+    """Slice positions float32 ``[N]`` (mm along the scan axis, one per slice of
+    ``HU_VOLUME``): finite and strictly ascending (inferior -> superior, no two slices at
+    one position). Returned as float64."""
+    positions = check_tensor(array, name, np.float32, (None,))
+    if positions.shape[0] != num_slices:
+        raise TensorInputError(
+            f"{name}: got {describe(positions)}; expected float32 [{num_slices}] (one position per slice of "
+            f"{HU_VOLUME})"
+        )
+    values = np.asarray(positions, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise TensorInputError(f"{name}: got non-finite positions; expected finite mm values")
+    steps = np.diff(values)
+    if steps.size and not np.all(steps > 0):
+        i = int(np.flatnonzero(~(steps > 0))[0])
+        raise TensorInputError(
+            f"{name}: slices {i} and {i + 1} are at {values[i]:g} and {values[i + 1]:g} mm; expected strictly "
+            "ascending positions (sorted inferior -> superior, one slice per position)"
+        )
+    return values
 
 
 def validate_slice_counts(tensors: Mapping[str, np.ndarray], expected: int | None = None) -> int:

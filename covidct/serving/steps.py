@@ -8,10 +8,11 @@ the large tensors by DLPack, so they stay on the GPU between steps); numpy in gi
 out. The component analyses of the 3-D mask run on a host copy of its reduced grid
 (:mod:`preprocessing.lung_segmentation` says why).
 
-* :func:`preprocess_step`: ``HU_VOLUME`` int16 ``[N, H, W]`` + ``SPACING_MM`` ->
-  the 3-D lung mask of the whole series (:func:`preprocessing.lung_segmentation.segment_lungs`,
-  reduced in-plane grid), the plausibility assessment
-  (:func:`preprocessing.assessment.assess`), the lung selection (slices the classifier
+* :func:`preprocess_step`: ``HU_VOLUME`` int16 ``[N, H, W]`` + ``SPACING_MM`` +
+  ``SLICE_POSITIONS_MM`` -> the 3-D lung mask of the whole series
+  (:func:`preprocessing.lung_segmentation.segment_lungs`, reduced in-plane grid), the
+  plausibility assessment (:func:`preprocessing.assessment.assess`, gaps between the
+  positions included), the lung selection (slices the classifier
   sees, :mod:`preprocessing.slice_selection`) and the network inputs
   (:mod:`preprocessing.model_inputs`): ``CLASSIFIER_INPUT`` of the selected slices,
   ``SEGMENTER_INPUT`` of every lung-bearing slice. The full-resolution volume enters here
@@ -39,6 +40,7 @@ from covidct.serving import tensors as T
 from covidct.serving.request_validation import (
     check_tensor,
     validate_hu_volume,
+    validate_positions,
     validate_probabilities,
     validate_slice_counts,
     validate_spacing,
@@ -127,6 +129,7 @@ def assessment_json(assessment: Assessment) -> bytes:
     document = {
         "assessable": bool(assessment.assessable),
         "reasons": [{"code": r.code, "message": r.message} for r in assessment.reasons],
+        "warnings": [{"code": w.code, "message": w.message} for w in assessment.warnings],
         "measurements": {k: float(v) for k, v in sorted(assessment.measurements.items())},
     }
     return json.dumps(document, sort_keys=True).encode("utf-8")
@@ -136,6 +139,7 @@ def preprocess_step(
     hu_volume: ArrayLike,
     spacing_mm: ArrayLike,
     config: PipelineConfig,
+    slice_positions_mm: ArrayLike | None = None,
     *,
     device: torch.device | str | None = None,
     chunk_slices: int = PREPROCESS_CHUNK_SLICES,
@@ -158,10 +162,14 @@ def preprocess_step(
         hu_volume, T.HU_VOLUME, max_slices=reader.max_slices, max_size=reader.matrix_size_px[1]
     )
     spacing = validate_spacing(to_numpy(spacing_mm), T.SPACING_MM, reader)
+    n = int(checked.shape[0])
+    if slice_positions_mm is None:  # in-process callers with a contiguous volume
+        slice_positions_mm = np.arange(n, dtype=np.float32) * np.float32(spacing[0])
+    positions = validate_positions(to_numpy(slice_positions_mm), n)
     spacing_tuple = tuple(float(s) for s in spacing)
     hu = as_tensor(checked, device)
     segmentation = segment_lungs(hu, spacing_tuple, config.lung_segmentation)
-    assessment = assess(segmentation, hu, spacing_tuple, config.assessment)
+    assessment = assess(segmentation, hu, spacing_tuple, config.assessment, positions_mm=positions)
     lung_slices = np.asarray(segmentation.lung_slices, dtype=np.int32)
     selected = selected_slices(hu, segmentation.lung_area_mm2, config)
     classifier_input, segmenter_input = network_inputs_of(hu, selected, lung_slices, config, chunk_slices)
@@ -265,6 +273,12 @@ def vote_step(
     }
 
 
+def slice_positions(volume: CTVolume) -> np.ndarray:
+    """``SLICE_POSITIONS_MM`` of ``volume``: float32 ``[N]``, mm relative to the first slice."""
+    positions = np.asarray(volume.positions_mm, dtype=np.float64)
+    return (positions - positions[0]).astype(np.float32)
+
+
 def run_pipeline_reference(
     volume: CTVolume,
     classify: Callable[[np.ndarray], np.ndarray],
@@ -287,7 +301,7 @@ def run_pipeline_reference(
         Every output of :data:`covidct.serving.tensors.ENSEMBLE_OUTPUTS`, dtypes as served.
     """
     spacing = np.asarray(volume.spacing_mm, dtype=np.float32)
-    prepared = preprocess_step(volume.hu, spacing, config)
+    prepared = preprocess_step(volume.hu, spacing, config, slice_positions(volume))
 
     def run(network: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
         if inputs.shape[0] == 0:

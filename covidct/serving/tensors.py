@@ -14,11 +14,14 @@ from __future__ import annotations
 ENSEMBLE = "covid_ct_pipeline"
 """The model a client calls: one request = one patient series."""
 
-# -- the two inputs a client sends (nothing else leaves the workstation)
+# -- the three inputs a client sends (nothing else leaves the workstation)
 HU_VOLUME = "HU_VOLUME"
 """INT16 ``[N, H, W]``: the series in HU."""
 SPACING_MM = "SPACING_MM"
 """FP32 ``[3]``: voxel spacing ``(z, y, x)`` in mm."""
+SLICE_POSITIONS_MM = "SLICE_POSITIONS_MM"
+"""FP32 ``[N]``: each slice's position along the scan axis in mm relative to the first
+(0 first, strictly ascending): where slices are missing, the gap shows here."""
 
 # -- between the steps
 CLASSIFIER_INPUT = "CLASSIFIER_INPUT"
@@ -60,7 +63,7 @@ MODEL_VERSIONS = "MODEL_VERSIONS"
 MODEL_CARD = "MODEL_CARD"
 """BYTES ``[1]``: JSON ``{"classifier": card, "segmenter": card}`` (see training.model_card)."""
 
-ENSEMBLE_INPUTS = (HU_VOLUME, SPACING_MM)
+ENSEMBLE_INPUTS = (HU_VOLUME, SPACING_MM, SLICE_POSITIONS_MM)
 ENSEMBLE_OUTPUTS = (
     VERDICT,
     ASSESSMENT,

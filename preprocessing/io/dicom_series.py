@@ -4,9 +4,19 @@ Works on headers only (:mod:`preprocessing.io.dicom_scan`), so every check (one 
 and study, slice count, matrix size and memory budget, rescale, geometry, spacing,
 positions) happens before a single pixel is decoded.
 
-Slices are sorted by patient position: Image Position (Patient) (0020,0032) projected
-onto the slice normal of Image Orientation (Patient) (0020,0037); where a slice lacks
-them, Slice Location (0020,1041) for the whole series. Never by file name.
+Slices are sorted by patient position, inferior to superior: Image Position (Patient)
+(0020,0032) projected onto the slice normal of Image Orientation (Patient) (0020,0037)
+turned to point superior (so a feet-first series sorts like a head-first one); where a
+slice lacks them, Slice Location (0020,1041) for the whole series. Never by file name.
+
+The in-plane layout comes from (0020,0037) too: every axis-aligned orientation (supine,
+prone, feet-first, decubitus) gets the :class:`~preprocessing.orientation.InPlaneTransform`
+that brings its stored pixels to the patient frame of every ``CTVolume`` (rows anterior ->
+posterior, columns patient right -> left); a series whose direction cosines lie more
+than ``ReaderConfig.max_oblique_deg`` off the patient axes (oblique, gantry tilt) raises
+:class:`~covidct.errors.ObliqueSeriesError`. Gaps between slice positions are not an
+error here: the positions travel with the volume and the server's assessment decides
+(``slice_gap`` when lung lies at a gap).
 """
 
 from __future__ import annotations
@@ -25,10 +35,10 @@ from covidct.errors import (
     MixedSeriesError,
     ModalityError,
     NotDicomError,
+    ObliqueSeriesError,
     RescaleMissingError,
     ResourceLimitError,
     SeriesReadError,
-    SliceGapError,
     UnsupportedFormatError,
     dicom_tag,
 )
@@ -38,6 +48,13 @@ from preprocessing.io.dicom_identity import check_one_patient
 from preprocessing.io.dicom_scan import FileRef, SkippedFile, SliceHeader
 from preprocessing.io.limits import check_matrix, check_volume_bytes
 from preprocessing.io.reader_checks import check_pixel_spacing, check_rescale, check_slice_count, check_slice_spacing
+from preprocessing.orientation import (
+    IDENTITY,
+    InPlaneTransform,
+    obliquity_degrees,
+    superior_normal,
+    transform_from_orientation,
+)
 from preprocessing.volume import make_series_key
 
 SERIES_RULES = ("most_slices", "thinnest")
@@ -62,11 +79,17 @@ class ScanReport:
         source_format: ``"dicom"`` (folder or single file) or ``"dicom-zip"``.
         slices: the chosen series' headers, sorted by position ascending.
         positions_mm: float64 ``[N]`` ascending slice positions along the normal (mm).
-        spacing_mm: (z, y, x) mm; z is the median distance between sorted positions.
+        spacing_mm: (z, y, x) mm in the patient frame; z is the median distance between
+            sorted positions, (y, x) the Pixel Spacing after ``orientation``.
         series_key: :func:`make_series_key` of the Series Instance UID.
         position_tag: the tag positions came from, ``(0020,0032)`` or ``(0020,1041)``.
         skipped: every file left out, with its reason.
         series_sizes: (series_key, slice count) of every candidate series.
+        orientation: the in-plane transform from the stored pixels to the patient frame.
+        chosen_series: which series was read and why, in words (Series Number, Series
+            Description, slice count, slice thickness mm, the series rule; no patient identifier).
+        series_left_out: one such text per series left out (other candidates; series whose
+            files the scan skipped: scouts, reformats, reports).
     """
 
     source: str
@@ -78,10 +101,20 @@ class ScanReport:
     position_tag: str
     skipped: tuple[SkippedFile, ...]
     series_sizes: tuple[tuple[str, int], ...]
+    orientation: InPlaneTransform = IDENTITY
+    chosen_series: str = ""
+    series_left_out: tuple[str, ...] = ()
 
     @property
     def source_names(self) -> tuple[str, ...]:
         return tuple(h.ref.name for h in self.slices)
+
+    @property
+    def source_frames(self) -> tuple[int, ...]:
+        """Per slice, its 1-based frame in its file; empty when every file is single-frame."""
+        if all(h.frame is None for h in self.slices):
+            return ()
+        return tuple(h.frame or 1 for h in self.slices)
 
 
 def scan_dicom(source: Path, config: ReaderConfig = ReaderConfig()) -> ScanReport:
@@ -116,21 +149,44 @@ def scan_dicom(source: Path, config: ReaderConfig = ReaderConfig()) -> ScanRepor
                 f"other series {_key(other_uid, members)} ({len(members)} slices); "
                 f"rule {config.series_rule!r} chose {_key(uid, groups[uid])}"
             )
-            for h in members:
-                scan.skip_file(skipped, h.ref.name, reason, scan.OTHER_SERIES)
+            for name in dict.fromkeys(h.ref.name for h in members):  # a multi-frame file once
+                scan.skip_file(skipped, name, reason, scan.OTHER_SERIES)
+    chosen_series, left_out = scan.describe_series_choice(groups, uid, skipped, config.series_rule, _key)
     ordered, positions, tag = _sorted_positions(groups[uid], config)
     spacing = _validate(ordered, positions, tag, config)
+    orientation = _in_plane_transform(ordered, config)
     return ScanReport(
         source=str(source),
         source_format=fmt,
         slices=tuple(ordered),
         positions_mm=positions,
-        spacing_mm=spacing,
+        spacing_mm=(spacing[0], *orientation.patient_spacing(spacing[1:])),
         series_key=_key(uid, ordered),
         position_tag=tag,
         skipped=tuple(skipped),
         series_sizes=tuple((_key(u, m), len(m)) for u, m in groups.items()),
+        orientation=orientation,
+        chosen_series=chosen_series,
+        series_left_out=left_out,
     )
+
+
+def _in_plane_transform(ordered: list[SliceHeader], config: ReaderConfig) -> InPlaneTransform:
+    """The transform of the series' (shared) Image Orientation (Patient); the identity
+    when a slice has none. ObliqueSeriesError beyond ``config.max_oblique_deg``."""
+    first = ordered[0]
+    if any(h.orientation is None for h in ordered):
+        return IDENTITY
+    orientation = first.orientation
+    transform = transform_from_orientation(orientation)
+    angle = obliquity_degrees(orientation)
+    if transform is None or angle > config.max_oblique_deg:
+        raise ObliqueSeriesError(
+            f"{first.ref.display}: Image Orientation {IOP} {list(orientation)} lies {angle:.3g} degrees off the "
+            f"patient axes; expected an axial series within {config.max_oblique_deg:g} degrees of them "
+            "(supine, prone, feet-first or decubitus; oblique and gantry-tilted series are not read)"
+        )
+    return transform
 
 
 def _key(uid: str, members: list[SliceHeader]) -> str:
@@ -214,9 +270,7 @@ def _position(h: SliceHeader, normal_from: tuple[float, ...] | None) -> float | 
 
 
 def _normal(orientation: tuple[float, ...]) -> np.ndarray:
-    n = np.cross(orientation[:3], orientation[3:])
-    norm = float(np.linalg.norm(n))
-    return n / norm if norm > 0 else np.array([0.0, 0.0, 1.0])
+    return superior_normal(orientation)
 
 
 def _sorted_positions(
@@ -237,7 +291,8 @@ def _sorted_positions(
     elif all(h.slice_location is not None for h in members):
         tag, reference = SLICE_LOCATION, None
     else:
-        bad = next(h for h in members if h.slice_location is None)
+        bad = next((h for h in members if h.slice_location is None and (h.position is None or h.orientation is None)),
+                   next(h for h in members if h.slice_location is None))  # the slice (frame) lacking both
         raise GeometryMismatchError(
             f"{bad.ref.display}: no slice position: Image Position {IPP} with Orientation "
             f"{IOP}, or Slice Location {SLICE_LOCATION}, expected on every slice"
@@ -250,7 +305,7 @@ def _sorted_positions(
 def _validate(
     ordered: list[SliceHeader], positions: np.ndarray, tag: str, config: ReaderConfig
 ) -> tuple[float, float, float]:
-    """Check pixels, rescale, geometry, duplicates and gaps; return spacing (z, y, x) mm."""
+    """Check pixels, rescale, geometry and duplicates; return the stored spacing (z, row, column) mm."""
     first = ordered[0]
     for h in ordered:
         if not h.has_pixel_data:
@@ -309,15 +364,5 @@ def _validate(
         f"{first.ref.display} and {len(ordered) - 1} more", f"the median distance between slice positions {tag}",
         z, config,
     )
-    limit = (1.0 + config.gap_tolerance) * z
-    gap = np.flatnonzero(diffs > limit)
-    if gap.size:
-        i = int(gap[0])
-        raise SliceGapError(
-            f"{ordered[i].ref.display} ({positions[i]:g} mm) and {ordered[i + 1].ref.display} "
-            f"({positions[i + 1]:g} mm) are {diffs[i]:g} mm apart ({tag}); expected at most "
-            f"{limit:g} mm (median spacing {z:g} mm, gap_tolerance {config.gap_tolerance}): "
-            "slices are missing"
-        )
     row_mm, col_mm = first.pixel_spacing  # type: ignore[misc]
     return (z, float(row_mm), float(col_mm))

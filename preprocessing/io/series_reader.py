@@ -4,8 +4,10 @@
 
 - DICOM folder (recursive), ``.zip`` of one, or a single DICOM file: headers are
   scanned and validated first (:mod:`preprocessing.io.dicom_series`), then pixels decoded
-  in parallel (:mod:`preprocessing.io.dicom_decode`). :func:`read_dicom_series` also
-  returns the :class:`~preprocessing.io.dicom_series.ScanReport` (skipped files, reasons).
+  in parallel (:mod:`preprocessing.io.dicom_decode`) and turned in-plane to the patient
+  frame (:mod:`preprocessing.orientation`; prone, feet-first and decubitus series).
+  :func:`read_dicom_series` also returns the
+  :class:`~preprocessing.io.dicom_series.ScanReport` (skipped files, reasons).
 - ``.nii`` / ``.nii.gz``: :mod:`preprocessing.io.nifti_volume`.
 - folder of 16-bit ``.tif`` slices (COVID-CTset): :mod:`preprocessing.io.tiff_series`.
 - ``np.ndarray`` ``[N, H, W]`` of HU with ``spacing_mm`` (z, y, x).
@@ -102,6 +104,8 @@ def read_dicom_series(
     report = scan_dicom(Path(path), config)
     tasks = tasks_for_slices(report.slices, config.max_file_bytes)
     hu = decode_series(tasks, workers=resolve_workers(config.decode_workers, len(tasks)), decoder=config.decoder)
+    if not report.orientation.is_identity:  # prone, feet-first, decubitus: to the patient frame
+        hu = np.ascontiguousarray(report.orientation.to_patient(hu))
     volume = CTVolume(
         hu=hu,
         spacing_mm=report.spacing_mm,
@@ -109,6 +113,8 @@ def read_dicom_series(
         series_key=report.series_key,
         source_format=report.source_format,
         source_names=report.source_names,
+        source_frames=report.source_frames,
+        orientation=report.orientation,
     )
     return volume, report
 

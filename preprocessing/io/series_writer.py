@@ -5,9 +5,16 @@
   are shared, SOP Instance UIDs are per slice. File names do not follow anatomical
   order (``name_order="reversed"``: ``IM0001.dcm`` is the most superior slice, as in
   COVID-CT-MD; ``"random"``: a seeded permutation), so readers must sort by position.
-  Geometry: ImageOrientationPatient ``[1,0,0,0,1,0]``, ImagePositionPatient
-  ``[-W*sx/2, -H*sy/2, positions_mm[i]]``, SliceLocation ``positions_mm[i]``,
-  PixelSpacing ``[sy, sx]`` (row, column), SliceThickness ``sz``.
+  Geometry (``patient_position="HFS"``, the default): ImageOrientationPatient
+  ``[1,0,0,0,1,0]``, ImagePositionPatient ``[-W*sx/2, -H*sy/2, positions_mm[i]]``,
+  SliceLocation ``positions_mm[i]``, PixelSpacing ``[sy, sx]`` (row, column),
+  SliceThickness ``sz``. Another Patient Position (0018,5100) (``"HFP"``, ``"FFS"``,
+  ``"FFP"``, ``"HFDL"``, ``"HFDR"``, ``"FFDL"``, ``"FFDR"``) writes the same anatomy as
+  that scanner stores it: the orientation of
+  :data:`~preprocessing.orientation.PATIENT_POSITION_ORIENTATIONS`, the pixels flipped or
+  transposed accordingly (``orientation.to_source``) and each slice's Image Position the
+  patient coordinate of its first stored pixel, so a reader that follows the header
+  gets ``hu`` back.
   Pixels: ``pixel_representation=1`` stores signed int16 HU (BitsStored 16, intercept 0);
   ``pixel_representation=0`` stores ``HU + 1024`` unsigned (BitsStored 12 when it fits,
   else 16; intercept -1024), like many scanners.
@@ -40,6 +47,7 @@ from pydicom.uid import (
 )
 
 from covidct.errors import ConfigError, VolumeError
+from preprocessing.orientation import source_orientation, transform_from_orientation
 from preprocessing.volume import CTVolume
 
 NAME_ORDERS = ("reversed", "random", "anatomical")
@@ -92,14 +100,20 @@ def iter_dicom_datasets(
     name_order: str = "reversed",
     seed: int = 0,
     study_date: str = "20200401",
+    patient_position: str = "HFS",
 ) -> Iterator[tuple[str, Dataset]]:
     """Yield ``(file name, dataset)`` per slice, in ascending position order."""
     _check_volume(volume)
     if compression not in COMPRESSIONS:
         raise ConfigError(f"series writer: compression={compression!r}; expected one of {COMPRESSIONS}")
+    orientation = source_orientation(patient_position)
+    transform = transform_from_orientation(orientation)
     hu = volume.hu
     n, rows, cols = hu.shape
-    stored, bits, intercept = _pixels(hu, pixel_representation)
+    stored, bits, intercept = _pixels(np.ascontiguousarray(transform.to_source(hu)), pixel_representation)
+    # patient-frame (row, column) of the first stored pixel of every slice
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), axis=-1)[None]
+    first_row, first_col = (int(v) for v in transform.to_source(grid)[0, 0, 0])
     numbers = _file_numbers(n, name_order, seed)
     width = max(4, len(str(n)))
     sz, sy, sx = (float(v) for v in volume.spacing_mm)
@@ -133,23 +147,23 @@ def iter_dicom_datasets(
         ds.SliceThickness = f"{sz:g}"
         ds.KVP = "120"
         ds.ConvolutionKernel = "B40f"
-        ds.PatientPosition = "HFS"
+        ds.PatientPosition = patient_position
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = "1"
         ds.SeriesNumber = int(series_number)
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = int(numbers[i])
-        ds.ImagePositionPatient = [f"{-cols * sx / 2:.4f}", f"{-rows * sy / 2:.4f}",
+        ds.ImagePositionPatient = [f"{(first_col - cols / 2) * sx:.4f}", f"{(first_row - rows / 2) * sy:.4f}",
                                    f"{float(volume.positions_mm[i]):.4f}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageOrientationPatient = [f"{v:g}" for v in orientation]
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
         ds.SliceLocation = f"{float(volume.positions_mm[i]):.4f}"
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelSpacing = [f"{sy:g}", f"{sx:g}"]
+        ds.Rows, ds.Columns = stored.shape[1:]
+        ds.PixelSpacing = [f"{sx:g}", f"{sy:g}"] if transform.transpose else [f"{sy:g}", f"{sx:g}"]
         ds.BitsAllocated = 16
         ds.BitsStored = bits
         ds.HighBit = bits - 1
@@ -178,6 +192,7 @@ def write_dicom_series(
     name_order: str = "reversed",
     seed: int = 0,
     study_date: str = "20200401",
+    patient_position: str = "HFS",
 ) -> list[Path]:
     """Write one DICOM file per slice into ``out_dir`` (created).
 
@@ -191,7 +206,7 @@ def write_dicom_series(
         volume, compression=compression, patient_name=patient_name, patient_id=patient_id,
         series_description=series_description, series_number=series_number,
         pixel_representation=pixel_representation, name_order=name_order, seed=seed,
-        study_date=study_date,
+        study_date=study_date, patient_position=patient_position,
     ):
         path = out / name
         ds.save_as(path, enforce_file_format=True)

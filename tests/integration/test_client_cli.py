@@ -81,7 +81,8 @@ def test_cli_verdicts_json_and_overlays(triton_server, tmp_path, capsys):
     assert (by_name["a_positive"]["exit_code"], by_name["b_negative"]["exit_code"]) == (10, 0)
     pos, neg = by_name["a_positive"]["result"], by_name["b_negative"]["result"]
     assert (pos["verdict"], neg["verdict"]) == ("positive", "negative")
-    assert pos["assessment"] == {"assessable": True, "reasons": [], "measurements": pos["assessment"]["measurements"]}
+    assert pos["assessment"] == {"assessable": True, "reasons": [], "warnings": [],
+                                 "measurements": pos["assessment"]["measurements"]}
     assert set(pos["model_card"]) == {"classifier", "segmenter"}  # the served demo models carry their cards
     assert pos["demo"] is True and pos["demo_warning"] == DEMO_WARNING
     assert set(pos["selected_indices"]) <= set(pos["lung_slices"])  # the classifier saw lung-bearing slices

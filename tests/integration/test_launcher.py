@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from covidct.errors import ServerError
 from covidct.serving import source_repository
 from covidct.serving import tensors as T
+from covidct.serving.steps import slice_positions
 from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, GrpcTls, ServerConfig, TritonServer
 from preprocessing.config import PipelineConfig
 from preprocessing.synthetic.phantom import make_phantom
@@ -38,7 +39,9 @@ def preprocess_inputs(size: int = 64) -> list[grpcclient.InferInput]:
     hu.set_data_from_numpy(volume.hu)
     spacing = grpcclient.InferInput(T.SPACING_MM, [3], "FP32")
     spacing.set_data_from_numpy(np.asarray(volume.spacing_mm, np.float32))
-    return [hu, spacing]
+    positions = grpcclient.InferInput(T.SLICE_POSITIONS_MM, [volume.num_slices], "FP32")
+    positions.set_data_from_numpy(slice_positions(volume))
+    return [hu, spacing, positions]
 
 
 def port_is_free(port: int) -> bool:

@@ -64,8 +64,10 @@ def test_metrics_count_ensemble_and_step_requests(triton_server, grpc_client):
     bad.set_data_from_numpy(np.zeros((0, 64, 64), np.int16))
     spacing = grpcclient.InferInput("SPACING_MM", [3], "FP32")
     spacing.set_data_from_numpy(np.ones(3, np.float32))
+    positions = grpcclient.InferInput("SLICE_POSITIONS_MM", [0], "FP32")
+    positions.set_data_from_numpy(np.zeros(0, np.float32))
     with pytest.raises(InferenceServerException, match="HU_VOLUME"):
-        grpc_client.infer(ENSEMBLE, [bad, spacing])
+        grpc_client.infer(ENSEMBLE, [bad, spacing, positions])
     after_bad = settled_counters(triton_server.metrics_url, after_good, "nv_inference_request_failure", ENSEMBLE)
     # Triton 2.51 counts a failed ensemble request once more per failing step (>= 1), and a
     # Python-backend error response as the step's success (triton-inference-server/server#8521)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from client.submit import build_inputs
 from covidct.serving import tensors as T
 from preprocessing.synthetic.case_transforms import flip_anterior_posterior, rotate_in_plane
 from preprocessing.synthetic.phantom import make_phantom
@@ -28,11 +28,7 @@ REAL_SERIES = ("P002", "cap002", "normal002")
 
 def answer(client: grpcclient.InferenceServerClient, volume: CTVolume) -> dict:
     """``VERDICT`` name, reason codes and the whole-lung figures of one request."""
-    hu = grpcclient.InferInput(T.HU_VOLUME, list(volume.hu.shape), "INT16")
-    hu.set_data_from_numpy(np.ascontiguousarray(volume.hu, dtype=np.int16))
-    spacing = grpcclient.InferInput(T.SPACING_MM, [3], "FP32")
-    spacing.set_data_from_numpy(np.asarray(volume.spacing_mm, dtype=np.float32))
-    result = client.infer(T.ENSEMBLE, [hu, spacing])
+    result = client.infer(T.ENSEMBLE, build_inputs(volume))
     assessment = json.loads(result.as_numpy(T.ASSESSMENT)[0])
     lung_mask = result.as_numpy(T.LUNG_MASK)
     lung_slices = result.as_numpy(T.LUNG_SLICES)

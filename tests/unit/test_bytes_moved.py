@@ -73,7 +73,7 @@ def test_sizes_equal_hand_computed_tensor_sizes(clinical):
     steps = {s.step: s for s in moved.steps}
 
     assert moved.volume_bytes == n * h * w * 2
-    assert moved.client.bytes_in == n * h * w * 2 + 3 * 4
+    assert moved.client.bytes_in == n * h * w * 2 + 3 * 4 + n * 4  # HU, spacing, slice positions
     assert steps["preprocess"].bytes_in == moved.client.bytes_in
     assert steps["classifier"].bytes_in == k * 1 * s_cls * s_cls * 4
     assert steps["classifier"].bytes_out == k * 1 * 4

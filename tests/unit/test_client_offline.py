@@ -264,7 +264,7 @@ def test_report_matches_schema_and_lists_every_input():
     ]
     document = report_dict(outcomes, url="localhost:8001", model="covid_ct_pipeline")
     validate_report(json.loads(json.dumps(document)))
-    assert document["report_version"] == 2
+    assert document["report_version"] == 3
     assert [p["input"] for p in document["patients"]] == ["a", "b", "c", "d"]
     assert [p["exit_code"] for p in document["patients"]] == [0, 2, 10, 11]
     assert document["patients"][1]["error"] == {"type": "PixelDecodeError", "message": "b/IM0001.dcm: cannot decode"}
@@ -285,8 +285,10 @@ def test_report_matches_schema_and_lists_every_input():
     for field, value, message in [
         ("verdict", 1, r"1 is not one of \['positive', 'negative', 'not_assessable'\]"),
         ("demo_warning", None, r"None is not of type 'string'"),
-        ("assessment", {"assessable": True, "reasons": [{"code": "x"}], "measurements": {}},
+        ("assessment", {"assessable": True, "reasons": [{"code": "x"}], "warnings": [], "measurements": {}},
          r"'message' is a required property"),
+        ("assessment", {"assessable": True, "reasons": [], "measurements": {}},
+         r"'warnings' is a required property"),
     ]:
         broken = json.loads(json.dumps(document))
         broken["patients"][0]["result"][field] = value

@@ -91,7 +91,7 @@ def test_ensemble_interface_is_the_tensors_module() -> None:
     config = _config(T.ENSEMBLE)
     assert list(input_specs(config)) == list(T.ENSEMBLE_INPUTS)
     assert list(output_specs(config)) == list(T.ENSEMBLE_OUTPUTS)
-    produced = {T.HU_VOLUME, T.SPACING_MM}
+    produced = set(T.ENSEMBLE_INPUTS)
     for step in config.ensemble_scheduling.step:
         member = _config(step.model_name)
         assert set(step.input_map) == set(input_specs(member)), step.model_name

@@ -20,7 +20,6 @@ from covidct.errors import (
     NotDicomError,
     PixelDecodeError,
     RescaleMissingError,
-    SliceGapError,
     TooFewSlicesError,
     TooManySlicesError,
     UnsafeArchivePathError,
@@ -99,13 +98,18 @@ def test_duplicate_positions(tmp_path):
         read_series(tmp_path)
 
 
-def test_missing_slice_is_a_gap(tmp_path):
+def test_missing_slice_keeps_the_true_positions(tmp_path):
+    """A dropped file is not an error of the reader: the volume keeps the true positions
+    (the gap shows there), and the spacing is the median distance, not the mean."""
     written = write_ct_series(tmp_path, num_slices=6)
+    full = read_series(tmp_path)
     written.paths[3].unlink()
-    expected = r"are 5 mm apart \(\(0020,0032\)\); expected at most 3\.75 mm"
-    with pytest.raises(SliceGapError, match=expected):
-        read_series(tmp_path)
-    read_series(tmp_path, config=ReaderConfig(gap_tolerance=1.5))  # tolerated
+    volume = read_series(tmp_path)
+    assert volume.num_slices == 5
+    assert volume.spacing_mm == full.spacing_mm
+    kept = [i for i in range(6) if i != 3]
+    assert np.allclose(volume.positions_mm, full.positions_mm[kept])
+    assert np.diff(volume.positions_mm).max() == pytest.approx(2 * full.spacing_mm[0])
 
 
 @pytest.mark.parametrize(
