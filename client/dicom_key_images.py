@@ -21,11 +21,17 @@ left lung green; the ``[L, m, m]`` masks are upsampled nearest to ``H x W`` with
 infected pixel is always red (its red sample exceeds green and blue), a lung outline is
 drawn only where there is no infection, every other pixel is gray. No text is burnt
 in: the answer goes into SeriesDescription (``covidct DEMO key images: positive``), the
-answer, reasons, slice figures and the demo warning into ImageComments (0020,4000).
+answer, reasons, warnings (e.g. ``partial_coverage``), slice figures and the demo warning
+into ImageComments (0020,4000).
 
-Each instance copies patient and study from the source header of its slice, carries that
-slice's ImagePositionPatient, ImageOrientationPatient, PixelSpacing (mm) and Frame of
-Reference, and references it in SourceImageSequence (0008,2112).
+The image is rendered in the volume's patient layout (rows anterior to posterior,
+columns patient right to left) and then turned back into the source frame's stored
+layout with ``CTVolume.orientation.to_source``, so that it carries that frame's geometry:
+each instance copies patient and study from the source header of its slice (absent Type 2
+attributes stay empty, :func:`client.dicom_seg.with_type2_attributes`), carries the
+frame's ImagePositionPatient (mm), ImageOrientationPatient, PixelSpacing (mm, row then
+column) and Frame of Reference, and references it in SourceImageSequence (0008,2112)
+(with Referenced Frame Number (0008,1160) when the source is one multi-frame image).
 """
 
 from __future__ import annotations
@@ -39,8 +45,15 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from covidct.errors import ConfigError, SourceHeaderError
+from preprocessing.orientation import IDENTITY, InPlaneTransform
 
-from client.dicom_seg import DicomOutputConfig, series_description
+from client.dicom_seg import (
+    DicomOutputConfig,
+    frame_geometry,
+    is_multiframe,
+    series_description,
+    with_type2_attributes,
+)
 from client.overlay import LEFT_LUNG, RIGHT_LUNG, slice_masks
 from client.result import NOT_ASSESSABLE, PipelineResult
 
@@ -168,13 +181,15 @@ def patient_orientation(orientation: Sequence[float]) -> tuple[str, str]:
 
 
 def image_comments(result: PipelineResult, index: int, probability: float | None, infected_mm2: float) -> str:
-    """ImageComments (0020,4000): answer, reasons, this slice's figures and the demo warning."""
+    """ImageComments (0020,4000): answer, reasons, warnings, this slice's figures and the demo warning."""
     parts = [f"covidct answer: {result.verdict}"]
     if result.verdict == NOT_ASSESSABLE:
         reasons = "; ".join(f"{r.code}: {r.message}" for r in result.assessment.reasons) or "none given"
         parts.append(f"reasons: {reasons}")
     else:
         parts.append(f"positive slice fraction {result.positive_fraction:.3f} (threshold {result.vote_threshold:.3f})")
+    if result.assessment.warnings:
+        parts.append("warnings: " + "; ".join(f"{w.code}: {w.message}" for w in result.assessment.warnings))
     slice_text = f"slice {index}"
     if probability is not None:
         slice_text += f", slice probability {probability:.3f}"
@@ -186,10 +201,12 @@ def image_comments(result: PipelineResult, index: int, probability: float | None
     return ". ".join(parts)[:10240]
 
 
-def _source_reference(header: Dataset) -> Dataset:
+def _source_reference(header: Dataset, frame: int | None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = header.SOPClassUID
     item.ReferencedSOPInstanceUID = header.SOPInstanceUID
+    if frame is not None:
+        item.ReferencedFrameNumber = int(frame)
     item.PurposeOfReferenceCodeSequence = [SOURCE_IMAGE_PURPOSE]
     return item
 
@@ -204,45 +221,69 @@ def _series_reference(header: Dataset) -> Dataset:
     return series
 
 
+def _slice_source(
+    headers: Sequence[Dataset], index: int, source_frames: Sequence[int]
+) -> tuple[Dataset, int | None]:
+    """(header, 1-based frame or ``None``) of volume slice ``index``."""
+    if not source_frames:
+        return headers[index], None
+    return headers[0], int(source_frames[index])
+
+
 def build_key_images(
     headers: Sequence[Dataset],
     hu: np.ndarray,
     result: PipelineResult,
     output: DicomOutputConfig = DicomOutputConfig(),
     config: KeyImageConfig = KeyImageConfig(),
+    *,
+    orientation: InPlaneTransform = IDENTITY,
+    source_frames: Sequence[int] = (),
 ) -> list[hd.sc.SCImage]:
     """One RGB Secondary Capture per key slice (``output.key_images`` at most), one new series.
 
-    headers: the source headers in ascending position, one per slice of ``hu``.
-    hu: int16 ``[N, H, W]`` HU of the sent volume. Instance numbers follow slice order.
-    Raises ConfigError for a negative count and SourceHeaderError when ``hu`` and
-    ``headers`` disagree in slice count or ``H x W``.
+    headers: the single-frame source headers in ascending position, one per slice of
+    ``hu``; or the one header of a multi-frame source whose frame ``source_frames[i]``
+    (1-based) is slice i. hu: int16 ``[N, H, W]`` HU of the sent volume (patient layout).
+    orientation: ``CTVolume.orientation``; each image goes back to its frame's stored
+    layout. Instance numbers follow slice order. Raises ConfigError for a negative count
+    and SourceHeaderError when ``hu``, ``headers`` and ``source_frames`` disagree in slice
+    count or ``H x W``.
     """
-    indices = key_slices(result, output.key_images, num_slices=len(headers))
+    indices = key_slices(result, output.key_images, num_slices=len(source_frames) or len(headers))
     volume = np.asarray(hu)
-    if volume.ndim != 3 or volume.shape[0] != len(headers):
+    slices = len(source_frames) if source_frames else len(headers)
+    if source_frames and (len(headers) != 1 or not is_multiframe(headers[0])):
+        raise SourceHeaderError(
+            f"key images: source frames given with {len(headers)} headers; expected the one multi-frame source"
+        )
+    if volume.ndim != 3 or volume.shape[0] != slices:
         raise SourceHeaderError(
             f"key images: HU volume of shape {list(volume.shape)}; "
-            f"expected [{len(headers)}, H, W] (one slice per header)"
+            f"expected [{slices}, H, W] (one slice per {'source frame' if source_frames else 'header'})"
         )
+    headers = with_type2_attributes(headers)
     probabilities = dict(zip(result.selected_indices.tolist(), result.slice_probabilities.tolist()))
     series_uid = hd.UID()
     images = []
     for number, index in enumerate(indices, start=1):
-        header = headers[index]
-        shape = (int(header.Rows), int(header.Columns))
+        header, frame = _slice_source(headers, index, source_frames)
+        stored_shape = (int(header.Rows), int(header.Columns))
+        shape = orientation.patient_shape(stored_shape)
         if volume.shape[1:] != shape:
             raise SourceHeaderError(
-                f"key images: slice {index} has Rows/Columns {shape[0]} x {shape[1]}; "
+                f"key images: slice {index} has Rows/Columns {stored_shape[0]} x {stored_shape[1]} "
+                f"({shape[0]} x {shape[1]} in the patient layout, {orientation.describe()}); "
                 f"the HU volume's slices are {volume.shape[1]} x {volume.shape[2]}"
             )
+        position, cosines, spacing = frame_geometry(header, frame)
         masks = slice_masks(result, index, shape)
         lung, infection = masks if masks is not None else (None, None)
-        spacing = tuple(float(v) for v in header.PixelSpacing)
         infected_mm2 = float(np.count_nonzero(infection)) * spacing[0] * spacing[1] if infection is not None else 0.0
+        rgb = render_key_image(volume[index], lung, infection, config)
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header,
-            pixel_array=render_key_image(volume[index], lung, infection, config),
+            pixel_array=np.ascontiguousarray(orientation.to_source(rgb[None])[0]),
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
@@ -251,16 +292,16 @@ def build_key_images(
             sop_instance_uid=hd.UID(),
             instance_number=number,
             manufacturer=output.manufacturer,
-            pixel_spacing=spacing,
-            patient_orientation=patient_orientation([float(v) for v in header.ImageOrientationPatient]),
+            pixel_spacing=tuple(spacing),
+            patient_orientation=patient_orientation(cosines),
             transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description=series_description(result, f"key images: {result.verdict}"),
             manufacturer_model_name=output.model_name,
             software_versions=output.software_version,
             device_serial_number=output.device_serial_number,
         )
-        image.ImagePositionPatient = header.ImagePositionPatient
-        image.ImageOrientationPatient = header.ImageOrientationPatient
+        image.ImagePositionPatient = position
+        image.ImageOrientationPatient = cosines
         image.FrameOfReferenceUID = header.FrameOfReferenceUID
         image.BodyPartExamined = "CHEST"  # an unpaired body part: no Laterality (0020,0060)
         image.BurnedInAnnotation = "NO"
@@ -270,7 +311,7 @@ def build_key_images(
             f"covidct key image of slice {index}: window {low:g}..{high:g} HU; infection red, "
             "right lung cyan, left lung green outline"
         )[:1024]
-        image.SourceImageSequence = [_source_reference(header)]
+        image.SourceImageSequence = [_source_reference(header, frame)]
         image.ReferencedSeriesSequence = [_series_reference(header)]
         images.append(image)
     return images

@@ -6,13 +6,16 @@ Content tree (highdicom :class:`~highdicom.sr.MeasurementReport`)::
     +-- Measurement Group "covidct triage" (TID 1501), algorithm: the classifier's card
     |   +-- COVID-19 triage answer = Positive | Negative | Indeterminate (not assessable)
     |   +-- Not assessable reason = <code>           (one per reason, coded 99COVIDCT)
+    |   +-- Assessment warning = <code>              (one per warning, e.g. partial_coverage)
     |   +-- Positive slice fraction (1), Patient vote threshold (1), Selected slices ({slices})
-    |   +-- TEXT: reason messages, model card summary, demo warning
+    |   +-- TEXT: reason messages, warning messages, model card summary, demo warning
     +-- Measurement Group "lung" (TID 1411), segment 1 of the SEG: Volume (ml)
     +-- Measurement Group "infection" (TID 1411), segment 2 of the SEG: Lesion burden (%)
 
 Values the server could not compute (JSON ``null``) are left out. The evidence lists
-the source series' instances and the SEG. :func:`report_values` reads the values back
+the source series' instances and the SEG. Patient and study attributes come from the
+first source header; absent Type 2 ones stay empty
+(:func:`client.dicom_seg.with_type2_attributes`). :func:`report_values` reads the values back
 from a stored report (the names and units are those of the JSON report).
 """
 
@@ -36,6 +39,7 @@ from client.dicom_seg import (
     card_parameters,
     role_version,
     series_description,
+    with_type2_attributes,
 )
 from client.result import NEGATIVE, POSITIVE, PipelineResult
 
@@ -43,6 +47,8 @@ SCHEME = "99COVIDCT"
 ANSWER = hd.sr.CodedConcept("answer", SCHEME, "COVID-19 triage answer")
 REASON = hd.sr.CodedConcept("reason", SCHEME, "Not assessable reason")
 REASON_TEXT = hd.sr.CodedConcept("reason_msg", SCHEME, "Not assessable reason message")
+WARNING = hd.sr.CodedConcept("warning", SCHEME, "Assessment warning")
+WARNING_TEXT = hd.sr.CodedConcept("warning_msg", SCHEME, "Assessment warning message")
 MODEL_SUMMARY = hd.sr.CodedConcept("model_summary", SCHEME, "Model card summary")
 DEMO_WARNING = hd.sr.CodedConcept("demo_warning", SCHEME, "Demo model warning")
 POSITIVE_FRACTION = hd.sr.CodedConcept("pos_fraction", SCHEME, "Positive slice fraction")
@@ -88,12 +94,14 @@ def _algorithm(result: PipelineResult, role: str) -> hd.sr.AlgorithmIdentificati
 
 
 def triage_group(result: PipelineResult) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The answer, its reasons, the vote figures and the model card summary."""
+    """The answer, its reasons and warnings, the vote figures and the model card summary."""
     answer = ANSWER_CODES.get(result.verdict, NOT_ASSESSABLE_CODE)
+    assessment = result.assessment
     evaluations = [hd.sr.QualitativeEvaluation(ANSWER, answer)]
     evaluations += [
-        hd.sr.QualitativeEvaluation(REASON, hd.sr.CodedConcept(r.code, SCHEME, r.code[:64]))
-        for r in result.assessment.reasons
+        hd.sr.QualitativeEvaluation(name, hd.sr.CodedConcept(r.code, SCHEME, r.code[:64]))
+        for name, items in ((REASON, assessment.reasons), (WARNING, assessment.warnings))
+        for r in items
     ]
     measurements = [
         *_measurement(POSITIVE_FRACTION, result.positive_fraction, UNIT_ONE),
@@ -107,8 +115,10 @@ def triage_group(result: PipelineResult) -> hd.sr.MeasurementsAndQualitativeEval
         qualitative_evaluations=evaluations,
     )
     items = group[0].ContentSequence
-    for reason in result.assessment.reasons:
+    for reason in assessment.reasons:
         items.append(_text(REASON_TEXT, f"{reason.code}: {reason.message}"))
+    for warning in assessment.warnings:
+        items.append(_text(WARNING_TEXT, f"{warning.code}: {warning.message}"))
     items.append(_text(MODEL_SUMMARY, model_summary(result.model_card)))
     if result.demo_warning:
         items.append(_text(DEMO_WARNING, result.demo_warning))
@@ -142,8 +152,10 @@ def build_report(
     result: PipelineResult,
     config: DicomOutputConfig = DicomOutputConfig(),
 ) -> hd.sr.Comprehensive3DSR:
-    """The Measurement Report of ``result`` referencing the source series (``headers``) and
-    ``segmentation`` (its segments 1 lung, 2 infection)."""
+    """The Measurement Report of ``result`` referencing the source series (``headers``: the
+    single-frame slices, or the one multi-frame header) and ``segmentation`` (its segments
+    1 lung, 2 infection)."""
+    headers = with_type2_attributes(headers)
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -198,24 +210,29 @@ def report_values(sr: Dataset) -> dict[str, Any]:
     """The values of a report written by :func:`build_report`, keyed like the JSON report.
 
     ``verdict``, ``reason_codes`` (list), ``reason_messages`` (list of ``code: message``),
+    ``warning_codes``, ``warning_messages`` (the same for the assessment's warnings),
     ``model_summary``, ``demo_warning`` (or absent), the measurements (``positive_fraction``,
     ``vote_threshold``, ``selected_slices``, ``lung_volume_ml``, ``lesion_burden_pct``; absent
     when not finite) and ``segments`` (referenced SEG SOP Instance UID, segment number).
     """
     answers = {code.value: name for name, code in ANSWER_CODES.items()}
-    values: dict[str, Any] = {"reason_codes": [], "reason_messages": [], "segments": []}
+    values: dict[str, Any] = {
+        "reason_codes": [], "reason_messages": [], "warning_codes": [], "warning_messages": [], "segments": [],
+    }
     for item in _walk(sr):
         if "ConceptNameCodeSequence" in item:
             code, kind = _code(item), item.ValueType
             if kind == "CODE" and code == ANSWER.value:
                 value = item.ConceptCodeSequence[0].CodeValue
                 values["verdict"] = answers.get(value, "not_assessable")
-            elif kind == "CODE" and code == REASON.value:
-                values["reason_codes"].append(str(item.ConceptCodeSequence[0].CodeMeaning))
+            elif kind == "CODE" and code in (REASON.value, WARNING.value):
+                key = "reason_codes" if code == REASON.value else "warning_codes"
+                values[key].append(str(item.ConceptCodeSequence[0].CodeMeaning))
             elif kind == "NUM" and code in MEASUREMENT_KEYS:
                 values[MEASUREMENT_KEYS[code]] = float(item.MeasuredValueSequence[0].NumericValue)
-            elif kind == "TEXT" and code == REASON_TEXT.value:
-                values["reason_messages"].append(str(item.TextValue))
+            elif kind == "TEXT" and code in (REASON_TEXT.value, WARNING_TEXT.value):
+                key = "reason_messages" if code == REASON_TEXT.value else "warning_messages"
+                values[key].append(str(item.TextValue))
             elif kind == "TEXT" and code == MODEL_SUMMARY.value:
                 values["model_summary"] = str(item.TextValue)
             elif kind == "TEXT" and code == DEMO_WARNING.value:

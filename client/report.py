@@ -94,8 +94,9 @@ def _figure(value: float, fmt: str, width: int) -> str:
 
 def format_table(outcomes: Sequence[PatientOutcome]) -> str:
     """One row per input: answer, positive fraction, burden, lung volume, slices, times,
-    transport, the reason codes of a not-assessable series and the warning codes
-    (``warning: partial_coverage``) of an answer given with a warning; then the counts, the
+    transport, the reason codes of a not-assessable series or the warning codes
+    (``warning: partial_coverage``) of an answer given with a warning; then the counts, which
+    series an input of several series was read from (and the ones left out), the
     models that answered (network + training data), and the demo warning when a demo
     model answered (its answers are marked ``*``)."""
     width = max([len("input"), *(min(len(o.input), 48) for o in outcomes)])
@@ -118,7 +119,7 @@ def format_table(outcomes: Sequence[PatientOutcome]) -> str:
             f"{name:<{width}}  {answer_label(o):<15} {_figure(fraction, '.2f', 8)} {_figure(burden, '.2f', 8)} "
             f"{_figure(r.lung_volume_ml, '.0f', 8)} {selected:>9} {t.read_s:>7.2f} "
             f"{t.prepare_s + t.round_trip_s:>7.2f} {t.total_s:>7.2f}  {r.transport:<13}  "
-            f"{', '.join([*r.reason_codes, *(f'warning: {c}' for c in r.warning_codes)])}".rstrip()
+            f"{', '.join(r.reason_codes if not assessed else [f'warning: {c}' for c in r.warning_codes])}".rstrip()
         )
     counts = summary_counts(outcomes)
     lines.append(
@@ -127,6 +128,8 @@ def format_table(outcomes: Sequence[PatientOutcome]) -> str:
     )
     summaries = dict.fromkeys(model_summary(o.result.model_card) for o in outcomes if o.ok)
     lines.extend(f"models: {summary}" for summary in summaries)
+    lines.extend(f"{o.input}: read {o.result.source_series}; left out: {'; '.join(o.result.series_left_out)}"
+                 for o in outcomes if o.ok and o.result.series_left_out)
     warnings = dict.fromkeys(o.result.demo_warning for o in outcomes if o.ok and o.result.demo)
     lines.extend(f"* {warning}" for warning in warnings)
     return "\n".join(lines)

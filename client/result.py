@@ -121,6 +121,8 @@ class PipelineResult:
     num_slices: N, slices of the sent volume.
     transport: ``"shared_memory"`` or ``"grpc"`` (how HU_VOLUME travelled).
     timings: client-side time split, see :class:`Timings`.
+    source_series: which series of the input was sent, and why (``CTVolume.source_series``).
+    series_left_out: the input's other series, each in words (``CTVolume.series_left_out``).
     """
 
     verdict: str
@@ -142,6 +144,8 @@ class PipelineResult:
     num_slices: int = 0
     transport: str = "grpc"
     timings: Timings = field(default_factory=Timings)
+    source_series: str = ""
+    series_left_out: tuple[str, ...] = ()
 
     @property
     def verdict_code(self) -> int:
@@ -202,6 +206,8 @@ class PipelineResult:
             "latency_s": float(self.latency_s),
             "num_slices": int(self.num_slices),
             "transport": self.transport,
+            "series": self.source_series,
+            "series_left_out": list(self.series_left_out),
             "timings": {
                 "read_s": float(t.read_s),
                 "prepare_s": float(t.prepare_s),

@@ -219,7 +219,8 @@ class PipelineClient:
             total_s=read_s + time.perf_counter() - start,
             server_s=server_seconds(response),
         )
-        return replace(result, timings=timings)
+        return replace(result, timings=timings, source_series=volume.source_series,
+                       series_left_out=volume.series_left_out)
 
     def _attempt(self, volume: CTVolume, outputs: list) -> tuple[object, str, float, float]:
         """One request: ``(response, transport, prepare seconds, round-trip seconds)``."""

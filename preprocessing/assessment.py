@@ -16,14 +16,27 @@ Reason codes (:data:`REASON_CODES`):
   ``soft_tissue_hu`` (noise, wrong rescale).
 * ``no_body``: less than ``min_body_ml`` of body.
 * ``no_lungs``: less than ``min_lung_ml`` of lung.
-* ``lungs_incomplete``: the first or last slice holds more than ``max_end_area_fraction``
-  of the largest per-slice lung area: the lungs are cut by the scan range.
+* ``lungs_incomplete``: more than ``max_missing_lung_fraction`` (5 %) of the estimated
+  whole-lung volume lies outside the scan range (:mod:`preprocessing.lung_coverage`: the
+  lung-area profile of the outermost ``coverage_fit_mm`` at each end extrapolated beyond
+  the first and last slice): a real part of the lungs is missing.
 * ``too_few_lung_slices``: fewer than ``min_lung_slices`` lung-bearing slices, or a
   craniocaudal lung extent below ``min_lung_extent_mm``.
 * ``implausible_lung_volume``: whole-lung volume outside ``lung_volume_ml``.
+* ``slice_gap``: slices are missing (positions more than ``1 + gap_tolerance`` x the
+  median spacing apart) with lung on either side of the gap.
 * ``orientation``: the spine is not at least ``min_spine_posterior_mm`` posterior of the
   body's centre (rows run anterior -> posterior) within ``max_spine_lateral_ratio``, or
   the two largest lung components do not lie side by side (rotated or flipped volumes).
+
+Warning codes (:data:`WARNING_CODES`, in ``Assessment.warnings``; the answer stands):
+
+* ``partial_coverage``: the lungs reach the first or last slice, but the estimated part
+  outside the scan is at most ``max_missing_lung_fraction``: a clipped margin of the
+  bases or apices (a few mm of the costophrenic recesses are often outside a clinical
+  chest CT). The measurements ``missing_lung_fraction_inferior``,
+  ``missing_lung_fraction_superior``, ``missing_lung_fraction`` (0..1 of the estimated
+  whole lung) and ``missing_lung_ml`` hold the estimate.
 
 Checks never raise on content: an all-air volume, noise, one slice or empty lungs give
 reasons. Units: mm, ml, HU; measurements are floats (NaN where not measurable).
@@ -39,7 +52,9 @@ import numpy as np
 
 from covidct.errors import VolumeError
 from preprocessing.config import AssessmentConfig
+from preprocessing.lung_coverage import lung_coverage
 from preprocessing.lung_segmentation import TISSUE_HIST_EDGES, LungSegmentation
+from preprocessing.slice_gaps import SliceGap, find_gaps, gaps_at_lung
 
 #: Both of the two largest lung components must hold this fraction of the lung volume
 #: before their positions are compared (a small detached piece says nothing).
@@ -54,7 +69,9 @@ REASON_CODES = (
     "hu_calibration",
     "implausible_spacing",
     "orientation",
+    "slice_gap",
 )
+WARNING_CODES = ("partial_coverage",)
 
 
 @dataclass(frozen=True)
@@ -67,9 +84,11 @@ class Reason:
 
 @dataclass(frozen=True)
 class Assessment:
-    """Outcome of :func:`assess`: failed checks (``reasons``) and what was measured."""
+    """Outcome of :func:`assess`: failed checks (``reasons``), what holds the answer back
+    without refusing it (``warnings``, codes :data:`WARNING_CODES`) and what was measured."""
 
     reasons: tuple[Reason, ...]
+    warnings: tuple[Reason, ...] = ()
     measurements: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -132,13 +151,17 @@ def _measure(seg: LungSegmentation, spacing: tuple[float, ...]) -> dict[str, flo
 
 def assess(
     segmentation: LungSegmentation, hu: np.ndarray, spacing_mm: tuple[float, float, float],
-    config: AssessmentConfig = AssessmentConfig(),
+    config: AssessmentConfig = AssessmentConfig(), *, positions_mm: np.ndarray | None = None,
 ) -> Assessment:
     """Plausibility checks of one series (see the module docstring for the codes).
 
     Args:
         segmentation: :func:`preprocessing.lung_segmentation.segment_lungs` of ``hu``.
         hu: the HU volume ``[N, H, W]`` the segmentation was computed from.
+        positions_mm: float ``[N]`` slice positions (mm, ascending); ``None``: contiguous
+            at the slice spacing. Gaps with lung beside them are ``slice_gap``
+            (:mod:`preprocessing.slice_gaps`); the lung extent is measured between the
+            positions.
         spacing_mm: ``(z, y, x)`` voxel spacing of ``hu`` in mm (any values: implausible ones
             are a reason, not an error).
 
@@ -155,6 +178,8 @@ def assess(
     if len(spacing) != 3:
         spacing = (float("nan"),) * 3
     m = _measure(segmentation, spacing)
+    m.update(lung_coverage(segmentation.lung_area_mm2, segmentation.spacing_mm[0], config).measurements())
+    gaps = _gaps(segmentation, spacing[0], positions_mm, config, m)
     m["soft_tissue_fraction"] = _band_fraction(segmentation.tissue_histogram, config.soft_tissue_hu)
     reasons: list[Reason] = []
 
@@ -187,16 +212,19 @@ def assess(
         add("no_lungs", f"The lungs measure {_fmt(volume)} ml; expected at least {config.min_lung_ml} ml.")
     if segmentation.lung_slices.size:
         _lung_checks(m, config, add)
+    for gap in gaps:
+        add("slice_gap", f"Slices are missing {gap.describe()} with lung beside the gap; expected contiguous "
+                         f"slices through the lungs (at most {1 + config.gap_tolerance:g} x the median spacing "
+                         "apart).")
     _orientation(m, config, has_body, add)
-    return Assessment(reasons=tuple(reasons), measurements=m)
+    return Assessment(reasons=tuple(reasons), warnings=_coverage_warnings(m, config), measurements=m)
 
 
 def _lung_checks(m: dict[str, float], config: AssessmentConfig, add: Callable[[str, str], None]) -> None:
-    ends = max(m["first_slice_area_fraction"], m["last_slice_area_fraction"])
-    if ends > config.max_end_area_fraction:
-        where = "first" if m["first_slice_area_fraction"] >= m["last_slice_area_fraction"] else "last"
-        add("lungs_incomplete", f"The {where} slice holds {_fmt(ends)} of the largest lung area; expected at most "
-                                f"{config.max_end_area_fraction} (the scan must cover the whole lungs).")
+    missing = m["missing_lung_fraction"]
+    if missing > config.max_missing_lung_fraction:
+        add("lungs_incomplete", f"An estimated {_pct(missing)} of the lungs lies {_beyond(m)}; expected at most "
+                                f"{_pct(config.max_missing_lung_fraction)} (the scan must cover the whole lungs).")
     if m["lung_slices"] < config.min_lung_slices or not m["lung_extent_mm"] >= config.min_lung_extent_mm:
         add("too_few_lung_slices", f"The lungs span {int(m['lung_slices'])} slices over "
                                    f"{_fmt(m['lung_extent_mm'])} mm; expected at least "
@@ -204,6 +232,54 @@ def _lung_checks(m: dict[str, float], config: AssessmentConfig, add: Callable[[s
     if _outside(m["lung_volume_ml"], config.lung_volume_ml):
         add("implausible_lung_volume", f"The lungs measure {_fmt(m['lung_volume_ml'])} ml; expected "
                                        f"{config.lung_volume_ml[0]} to {config.lung_volume_ml[1]} ml for an adult.")
+
+
+def _gaps(
+    seg: LungSegmentation, dz: float, positions_mm: np.ndarray | None, config: AssessmentConfig,
+    m: dict[str, float],
+) -> tuple[SliceGap, ...]:
+    """The gaps with lung beside them; records ``slice_gaps`` (all gaps), ``largest_gap_mm``
+    and the lung extent between the true positions in ``m``."""
+    n = len(seg.lung_area_mm2)
+    if positions_mm is None or np.shape(positions_mm) != (n,):
+        positions = np.arange(n, dtype=np.float64) * (dz if math.isfinite(dz) else 1.0)
+    else:
+        positions = np.asarray(positions_mm, dtype=np.float64)
+    gaps = find_gaps(positions, dz, config.gap_tolerance)
+    m["slice_gaps"] = float(len(gaps))
+    m["largest_gap_mm"] = max((g.width_mm for g in gaps), default=0.0)
+    slices = seg.lung_slices
+    if slices.size and math.isfinite(dz):
+        m["lung_extent_mm"] = float(positions[slices[-1]] - positions[slices[0]] + dz)
+    return gaps_at_lung(gaps, seg.lung_area_mm2)
+
+
+def _pct(fraction: float) -> str:
+    return f"{100.0 * fraction:.3g} %"
+
+
+#: Where the lung lies beyond each end of the scan (slices run inferior -> superior).
+_BEYOND = (("inferior", "below the first slice (lung bases)"), ("superior", "above the last slice (lung apices)"))
+
+
+def _beyond(m: dict[str, float]) -> str:
+    """Which end(s) of the scan cut the lungs, with each end's estimated fraction when both do."""
+    cut = [(m[f"missing_lung_fraction_{end}"], where) for end, where in _BEYOND
+           if m[f"missing_lung_fraction_{end}"] > 0]
+    if len(cut) == 1:
+        return cut[0][1]
+    return "outside the scan (" + ", ".join(f"{_pct(fraction)} {where}" for fraction, where in cut) + ")"
+
+
+def _coverage_warnings(m: dict[str, float], config: AssessmentConfig) -> tuple[Reason, ...]:
+    """``partial_coverage`` where the lungs reach the first or last slice but the estimated
+    part outside the scan is within ``max_missing_lung_fraction`` (the answer stands)."""
+    missing = m["missing_lung_fraction"]
+    if not 0.0 < missing <= config.max_missing_lung_fraction:
+        return ()
+    return (Reason("partial_coverage", f"The lungs reach the end of the scan: an estimated {_pct(missing)} of the "
+                                       f"lungs ({_fmt(m['missing_lung_ml'])} ml) lies {_beyond(m)}; expected at "
+                                       f"most {_pct(config.max_missing_lung_fraction)}, so the answer stands."),)
 
 
 def _orientation(

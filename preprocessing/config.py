@@ -19,9 +19,9 @@ from typing import Any, ClassVar, TypeVar
 
 from covidct.errors import ConfigError
 
-PIPELINE_CONFIG_VERSION = 2
+PIPELINE_CONFIG_VERSION = 3
 #: Older pipeline config versions that still load (missing sections take their defaults).
-SUPPORTED_PIPELINE_CONFIG_VERSIONS = (1, 2)
+SUPPORTED_PIPELINE_CONFIG_VERSIONS = (1, 2, 3)
 PIPELINE_CONFIG_FILENAME = "pipeline_config.json"
 
 T = TypeVar("T")
@@ -100,7 +100,12 @@ class ReaderConfig:
     series_rule: how to pick one series from a folder that holds several:
         ``"most_slices"`` (axial CT series with the most slices; ties broken by the
         smallest slice thickness) or ``"thinnest"`` (smallest slice spacing first).
-    gap_tolerance: a slice distance above ``(1 + gap_tolerance) * median`` is a gap.
+    max_oblique_deg: the most a direction cosine of Image Orientation (Patient)
+        (0020,0037) may lie off its patient axis (degrees); within it the series is read
+        as the nearest axis-aligned orientation (3 degrees move a point 250 mm from the
+        centre by 13 mm: within how far patients lie rotated on the table); beyond it
+        (oblique reformats, gantry tilt) the series is refused. Gaps between slice
+        positions are not checked here: ``AssessmentConfig.gap_tolerance`` (server).
     decode_workers: processes for pixel decoding; 0 means ``os.cpu_count()``.
     decoder: pixel decoder of compressed DICOM: ``"auto"`` (nvImageCodec where it and a
         CUDA GPU are present, else GDCM, else pylibjpeg; all decode exactly),
@@ -126,7 +131,7 @@ class ReaderConfig:
     min_slices: int = 2
     max_slices: int = 2000
     series_rule: str = "most_slices"
-    gap_tolerance: float = 0.5
+    max_oblique_deg: float = 3.0
     decode_workers: int = 0
     decoder: str = "auto"
     max_volume_bytes: int = 4 * 1024**3
@@ -144,6 +149,7 @@ class ReaderConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{owner}.{name}={value!r}; expected a positive integer")
         _check_range(owner, "max_compression_ratio", self.max_compression_ratio, 1.0, 1e9)
+        _check_range(owner, "max_oblique_deg", self.max_oblique_deg, 0.0, 45.0)
         size = self.matrix_size_px
         if not (isinstance(size, (tuple, list)) and len(size) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
@@ -298,14 +304,30 @@ class AssessmentConfig:
     lung_volume_ml: plausible adult whole-lung volume at CT (ml).
     min_lung_slices / min_lung_extent_mm: fewer lung-bearing slices or a shorter
         craniocaudal lung extent is ``too_few_lung_slices``.
-    max_end_area_fraction: lung area on the first or last slice above this fraction of
-        the largest slice area is ``lungs_incomplete``.
+    coverage_fit_mm / max_taper_mm / max_missing_lung_fraction: whether the scan holds
+        the whole lungs (:mod:`preprocessing.lung_coverage`). Where the first or last
+        slice holds lung, the lung beyond that edge is estimated: its area tapers to zero
+        over ``A_end / slope`` mm, the slope fitted to the lung area of the outermost
+        ``coverage_fit_mm`` (20 mm: 11 slices at 2 mm spacing), at most the flattest
+        plausible taper (the area falling from the largest slice's to zero over
+        ``max_taper_mm``, 120 mm; whole sample series and phantoms rise from their last
+        lung slice to 90 % of the largest area within 60-124 mm). More than
+        ``max_missing_lung_fraction`` (0.05: 5 % of the estimated whole-lung volume) outside
+        the scan, both ends together, is ``lungs_incomplete``; less, but more than none,
+        is the ``partial_coverage`` warning (a clipped margin: the answer stands).
+        Chosen on the sample series and phantoms (``benchmarks/results/cpu-2core/coverage.md``):
+        removing the last one or two lung slices at an end is estimated at most 2.4 %
+        missing (8.9 mm slices; at most 0.22 % at 2 mm), removing 20 % of the lungs at
+        least 20 %.
     air_hu: outside air is expected here (HU).
     tissue_hu: median of body tissue between ``body_threshold_hu`` and bone (HU).
     min_soft_tissue_fraction: fraction of body tissue voxels within ``soft_tissue_hu``.
     soft_tissue_hu: the fat and soft-tissue band (HU).
     min_spine_posterior_mm: the spine lies at least this far posterior of the body centre (mm).
     max_spine_lateral_ratio: |lateral offset| / posterior offset of the spine at most this.
+    gap_tolerance: two neighbouring slice positions more than ``(1 + gap_tolerance)`` x
+        the median slice spacing apart are a gap (slices missing); a gap with lung on
+        either side is ``slice_gap`` (0.5: 3 mm between 2 mm slices is a gap, 2.9 mm not).
     """
 
     pixel_spacing_mm: tuple[float, float] = (0.2, 6.0)
@@ -315,13 +337,16 @@ class AssessmentConfig:
     lung_volume_ml: tuple[float, float] = (1500.0, 9000.0)
     min_lung_slices: int = 10
     min_lung_extent_mm: float = 120.0
-    max_end_area_fraction: float = 0.1
+    coverage_fit_mm: float = 20.0  # the end profile fitted: outermost 20 mm of lung area (>= 2 slices)
+    max_taper_mm: float = 120.0  # flattest lung end: largest slice area to zero over 120 mm
+    max_missing_lung_fraction: float = 0.05  # above 5 % of the lung outside the scan: lungs_incomplete
     air_hu: tuple[float, float] = (-1100.0, -900.0)
     tissue_hu: tuple[float, float] = (-150.0, 150.0)
     soft_tissue_hu: tuple[float, float] = (-200.0, 200.0)
     min_soft_tissue_fraction: float = 0.5
     min_spine_posterior_mm: float = 20.0
     max_spine_lateral_ratio: float = 0.7
+    gap_tolerance: float = 0.5
 
     def __post_init__(self) -> None:
         owner = "AssessmentConfig"
@@ -334,7 +359,10 @@ class AssessmentConfig:
                 or not 1 <= self.min_lung_slices <= 10000:
             raise ConfigError(f"{owner}.min_lung_slices={self.min_lung_slices!r}; expected an integer in [1, 10000]")
         _check_range(owner, "min_lung_extent_mm", self.min_lung_extent_mm, 0.0, 1000.0)
-        _check_range(owner, "max_end_area_fraction", self.max_end_area_fraction, 0.0, 1.0)
+        _check_range(owner, "coverage_fit_mm", self.coverage_fit_mm, 1.0, 200.0)
+        _check_range(owner, "max_taper_mm", self.max_taper_mm, 1.0, 1000.0)
+        _check_range(owner, "max_missing_lung_fraction", self.max_missing_lung_fraction, 0.0, 1.0)
+        _check_range(owner, "gap_tolerance", self.gap_tolerance, 0.01, 100.0)
         _check_interval(owner, "air_hu", self.air_hu, -4000.0, 4000.0)
         _check_interval(owner, "tissue_hu", self.tissue_hu, -4000.0, 4000.0)
         _check_interval(owner, "soft_tissue_hu", self.soft_tissue_hu, -4000.0, 4000.0)
@@ -393,8 +421,26 @@ class PipelineConfig(JsonConfig):
             selection = data.get("selection", {})
             if isinstance(selection, dict) and "rule" not in selection:
                 data["selection"] = {**selection, "rule": "paper002"}
+        if version < 3:
+            # Version 3 replaced the end-slice area rule (assessment.max_end_area_fraction)
+            # by the estimated lung fraction outside the scan (max_missing_lung_fraction and
+            # its taper settings, at their defaults), and moved gap detection from the
+            # reader (reader.gap_tolerance) to the assessment (assessment.gap_tolerance).
+            _moved(data, "assessment", "max_end_area_fraction")
+            tolerance = _moved(data, "reader", "gap_tolerance")
+            if tolerance is not None:
+                data["assessment"] = {**data.get("assessment", {}), "gap_tolerance": tolerance}
         data["version"] = PIPELINE_CONFIG_VERSION
         return config_from_dict(cls, data, source)
+
+
+def _moved(data: dict[str, Any], section: str, key: str) -> Any:
+    """Remove ``data[section][key]`` of an older config version; its value, or ``None``."""
+    part = data.get(section)
+    if not isinstance(part, dict) or key not in part:
+        return None
+    data[section] = {k: v for k, v in part.items() if k != key}
+    return part[key]
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:

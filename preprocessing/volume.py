@@ -49,6 +49,10 @@ class CTVolume:
             patient-frame layout (:class:`~preprocessing.orientation.InPlaneTransform`;
             the identity for supine head-first DICOM and for the other formats);
             ``orientation.to_source`` maps masks back to the source frames.
+        source_series: which series of the input was read and why, in words (Series
+            Number, Series Description, slices, thickness, the rule; no patient
+            identifier); empty for single-series formats.
+        series_left_out: one such text per series of the input that was not read.
     """
 
     hu: np.ndarray
@@ -59,6 +63,8 @@ class CTVolume:
     source_names: tuple[str, ...] = field(default=())
     source_frames: tuple[int, ...] = field(default=())
     orientation: InPlaneTransform = field(default=IDENTITY)
+    source_series: str = ""
+    series_left_out: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         hu = self.hu

@@ -2,36 +2,52 @@
 
 The files come from :mod:`preprocessing.io.input_files` (listing, special files, zip
 limits; its names are re-exported here). Every file is read up to its Pixel Data and
-classified: a slice candidate (:class:`SliceHeader`) or a skipped file
-(:class:`SkippedFile`, with its reason). Zip members are read in memory; nothing is
-extracted. A header parse stops after :data:`MAX_HEADER_ELEMENTS` top-level elements or
-at an element longer than its file, data without the 'DICM' prefix is parsed only when it
-starts like a data set, and the Deflated transfer syntax (inflated whole, without a
+classified: slice candidates (:class:`SliceHeader`) or a skipped file
+(:class:`SkippedFile`, with its reason and, where the header was read, its series). A
+single-frame CT Image Storage file gives one slice; an Enhanced or Legacy Converted
+Enhanced CT file gives one slice per frame (``SliceHeader.frame``, values from its
+functional groups: :mod:`preprocessing.io.dicom_multiframe`). A DICOMDIR (the index of a
+CD/PACS export) is skipped as such, not as a bad file. Zip members are read in memory;
+nothing is extracted. A header parse stops after :data:`MAX_HEADER_ELEMENTS` top-level
+elements or at an element longer than its file (a functional-group sequence of thousands
+of frames is one top-level element), data without the 'DICM' prefix is parsed only when
+it starts like a data set, and the Deflated transfer syntax (inflated whole, without a
 bound) is skipped.
 
 Grouping, the choice of one series and the geometry checks live in
-:mod:`preprocessing.io.dicom_series`.
+:mod:`preprocessing.io.dicom_series`; :func:`describe_series_choice` words that choice
+(Series Number, Series Description, slice count and thickness in mm, the rule).
 """
 
 from __future__ import annotations
 
+import statistics
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import pydicom
 import pydicom.config
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from covidct.errors import dicom_tag
 from preprocessing.config import ReaderConfig
 from preprocessing.io.dicom_identity import Identity, identity_of
+from preprocessing.io.dicom_multiframe import (
+    FrameTableError,
+    frame_values,
+    header_float,
+    header_floats,
+    header_int,
+    header_list,
+)
 from preprocessing.io.input_files import (  # noqa: F401 - re-exported for dicom_series and callers
+    DIRECTORY,
     LOCALIZER,
     MODALITY,
     NON_AXIAL,
@@ -50,6 +66,7 @@ from preprocessing.io.input_files import (  # noqa: F401 - re-exported for dicom
     skip_file,
     special_file_kind,
 )
+from preprocessing.volume import make_series_key
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
@@ -68,13 +85,21 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _META_SEARCH_BYTES = 4096
 #: |z component| of the slice normal above which a slice counts as axial (45 degrees).
 AXIAL_MIN_NORMAL_Z = 0.7071
+#: How the series rules of ``ReaderConfig.series_rule`` rank candidate series.
+SERIES_RULE_TEXTS = {
+    "most_slices": "the most slices, then the thinnest slice thickness",
+    "thinnest": "the smallest slice spacing, then the most slices",
+}
+
 
 @dataclass(frozen=True)
 class SliceHeader:
     """The header values of one CT image file that reading needs (mm, HU rescale).
 
     ``series_uid`` stays inside the scan (grouping only); it never reaches a CTVolume.
-    Numeric values are ``None`` when the tag is absent or not numeric.
+    Numeric values are ``None`` when the tag is absent or not numeric. A frame of a
+    multi-frame file has ``frame`` (1-based, also in ``ref.frame`` so that messages name
+    it) and the values of its functional groups.
     """
 
     ref: FileRef
@@ -90,6 +115,9 @@ class SliceHeader:
     slope: float | None  # (0028,1053)
     has_pixel_data: bool
     identity: Identity = field(repr=False)  # sha256 digests only, see dicom_identity
+    frame: int | None = None  # 1-based frame number inside a multi-frame file; None: single-frame
+    series_number: int | None = None  # (0020,0011)
+    series_description: str = ""  # (0008,103E)
 
 
 def read_headers(
@@ -115,17 +143,20 @@ def read_headers(
                 skip_file(skipped, ref.name, f"cannot be opened ({exc})", NOT_DICOM)  # encrypted, no access
                 continue
             with fp:
-                result = classify_file(ref, fp, size)
+                result = classify_file(ref, fp, size, config)
             if isinstance(result, SkippedFile):
-                skip_file(skipped, result.name, result.reason, result.kind)
+                skip_file(skipped, result.name, result.reason, result.kind, result.series)
             else:
-                headers.append(result)
+                headers.extend(result)
     return headers
 
 
-def classify_file(ref: FileRef, fp: BinaryIO, size: int | None = None) -> SliceHeader | SkippedFile:
+def classify_file(
+    ref: FileRef, fp: BinaryIO, size: int | None = None, config: ReaderConfig = ReaderConfig()
+) -> tuple[SliceHeader, ...] | SkippedFile:
     """Read one file's header (``size``: its length in bytes, when known) and decide
-    whether it is an axial CT image slice."""
+    whether it holds axial CT slices: one per single-frame file, one per frame of a
+    multi-frame file (at most ``config.max_slices``)."""
     if DeflatedExplicitVRLittleEndian.encode() in fp.read(_META_SEARCH_BYTES):
         return SkippedFile(
             ref.name,
@@ -138,7 +169,7 @@ def classify_file(ref: FileRef, fp: BinaryIO, size: int | None = None) -> SliceH
     if ds is None:
         return SkippedFile(ref.name, problem, NOT_DICOM)
     with quiet_pydicom():  # values are validated lazily, on access
-        return _classify_dataset(ref, ds, has_pixels)
+        return _classify_dataset(ref, ds, has_pixels, config)
 
 
 @contextmanager
@@ -224,91 +255,171 @@ def _pixel_data_follows(fp: BinaryIO, ds: pydicom.Dataset) -> bool:
 
 
 def _classify_dataset(
-    ref: FileRef, ds: pydicom.Dataset, has_pixels: bool
-) -> SliceHeader | SkippedFile:
+    ref: FileRef, ds: pydicom.Dataset, has_pixels: bool, config: ReaderConfig
+) -> tuple[SliceHeader, ...] | SkippedFile:
     sop_class = str(ds.get("SOPClassUID", "") or "")
+    media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    if MediaStorageDirectoryStorage in (sop_class, media_class) or "DirectoryRecordSequence" in ds:
+        return SkippedFile(
+            ref.name,
+            f"DICOMDIR ({MediaStorageDirectoryStorage.name}, Media Storage SOP Class {dicom_tag(0x0002, 0x0002)}): "
+            "the index of a CD/PACS export, not an image; the images it lists are read from the folder itself",
+            DIRECTORY,
+        )
+    label = series_label_of(ds)
     modality = str(ds.get("Modality", "") or "")
     is_ct_class = sop_class in (CT_IMAGE_STORAGE, *ENHANCED_CT_SOP_CLASSES)
     if not has_pixels and not (is_ct_class or (not sop_class and "Rows" in ds)):
         kind_name = pydicom.uid.UID(sop_class).name if sop_class else "unknown SOP class"
         return SkippedFile(
-            ref.name,
-            f"non-image object ({kind_name}): no Pixel Data {PIXEL_DATA_TAG}",
-            NON_IMAGE,
+            ref.name, f"non-image object ({kind_name}): no Pixel Data {PIXEL_DATA_TAG}", NON_IMAGE, label
         )
     if modality != "CT" and not (modality == "" and is_ct_class):  # trust the class if absent
         return SkippedFile(
             ref.name,
             f"Modality {dicom_tag(0x0008, 0x0060)} is {modality or '(missing)'!r}; expected 'CT'",
             MODALITY,
+            label,
         )
-    if sop_class and sop_class != CT_IMAGE_STORAGE:
+    multi_frame = sop_class in ENHANCED_CT_SOP_CLASSES
+    if sop_class and sop_class != CT_IMAGE_STORAGE and not multi_frame:
         return SkippedFile(
             ref.name,
-            f"SOP Class {dicom_tag(0x0008, 0x0016)} is {pydicom.uid.UID(sop_class).name!r}; "
-            "expected single-frame 'CT Image Storage'",
+            f"SOP Class {dicom_tag(0x0008, 0x0016)} is {pydicom.uid.UID(sop_class).name!r}; expected "
+            "'CT Image Storage', 'Enhanced CT Image Storage' or 'Legacy Converted Enhanced CT Image Storage'",
             UNSUPPORTED,
+            label,
         )
-    frames = _int(ds, "NumberOfFrames") or 1
-    samples = _int(ds, "SamplesPerPixel") or 1
-    if frames > 1 or samples != 1:
+    frames = header_int(ds, "NumberOfFrames") or 1
+    samples = header_int(ds, "SamplesPerPixel") or 1
+    if (frames > 1 and not multi_frame) or samples != 1:
         return SkippedFile(
             ref.name,
             f"{frames} frames {dicom_tag(0x0028, 0x0008)}, {samples} samples per pixel "
-            f"{dicom_tag(0x0028, 0x0002)}; expected single-frame greyscale",
+            f"{dicom_tag(0x0028, 0x0002)}; expected greyscale, several frames only in an Enhanced CT file",
             UNSUPPORTED,
+            label,
         )
-    image_type = [str(v).upper() for v in _as_list(ds.get("ImageType"))]
+    image_type = [str(v).upper() for v in header_list(ds.get("ImageType"))]
     if any(t in image_type for t in LOCALIZER_IMAGE_TYPES):
         return SkippedFile(
             ref.name, f"localizer/scout image (Image Type {dicom_tag(0x0008, 0x0008)} "
-            f"{'/'.join(image_type)})", LOCALIZER,
+            f"{'/'.join(image_type)})", LOCALIZER, label,
         )
-    orientation = _floats(ds, "ImageOrientationPatient", 6)
-    if orientation is not None:
-        normal_z = orientation[0] * orientation[4] - orientation[1] * orientation[3]
-        if abs(normal_z) < AXIAL_MIN_NORMAL_Z:
-            return SkippedFile(
-                ref.name,
-                f"non-axial orientation {dicom_tag(0x0020, 0x0037)} {list(orientation)}",
-                NON_AXIAL,
-            )
-    return SliceHeader(
+    common = SliceHeader(
         ref=ref,
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        orientation=orientation,
-        position=_floats(ds, "ImagePositionPatient", 3),
-        slice_location=_float(ds, "SliceLocation"),
-        pixel_spacing=_floats(ds, "PixelSpacing", 2),
-        slice_thickness=_float(ds, "SliceThickness"),
-        intercept=_float(ds, "RescaleIntercept"),
-        slope=_float(ds, "RescaleSlope"),
+        rows=header_int(ds, "Rows"),
+        columns=header_int(ds, "Columns"),
+        orientation=header_floats(ds, "ImageOrientationPatient", 6),
+        position=header_floats(ds, "ImagePositionPatient", 3),
+        slice_location=header_float(ds, "SliceLocation"),
+        pixel_spacing=header_floats(ds, "PixelSpacing", 2),
+        slice_thickness=header_float(ds, "SliceThickness"),
+        intercept=header_float(ds, "RescaleIntercept"),
+        slope=header_float(ds, "RescaleSlope"),
         has_pixel_data=has_pixels,
         identity=identity_of(ds),
+        series_number=header_int(ds, "SeriesNumber"),
+        series_description=str(ds.get("SeriesDescription", "") or "").strip(),
+    )
+    if not multi_frame:
+        slices: tuple[SliceHeader, ...] = (common,)
+    else:
+        try:
+            values = frame_values(ds, config.max_slices)
+        except FrameTableError as exc:
+            return SkippedFile(ref.name, exc.reason, exc.kind, label)
+        slices = tuple(
+            replace(
+                common, ref=replace(ref, frame=v.frame), frame=v.frame, orientation=v.orientation,
+                position=v.position, slice_location=v.slice_location, pixel_spacing=v.pixel_spacing,
+                slice_thickness=v.slice_thickness, intercept=v.intercept, slope=v.slope,
+            )
+            for v in values
+        )
+    for h in slices:
+        if h.orientation is not None and abs(_normal_z(h.orientation)) < AXIAL_MIN_NORMAL_Z:
+            where = "" if h.frame is None else f" of frame {h.frame}"
+            return SkippedFile(
+                ref.name,
+                f"non-axial orientation {dicom_tag(0x0020, 0x0037)}{where} {list(h.orientation)}",
+                NON_AXIAL,
+                label,
+            )
+    return slices
+
+
+def _normal_z(orientation: tuple[float, ...]) -> float:
+    """The z component of the slice normal (row cosines x column cosines)."""
+    return orientation[0] * orientation[4] - orientation[1] * orientation[3]
+
+
+# -------------------------------------------------------------- the series choice, in words
+def series_label(number: int | None, description: str, key: str = "") -> str:
+    """A readable, non-identifying name of a series: Series Number (0020,0011), Series
+    Description (0008,103E) and the one-way ``key``, e.g. ``series 3 'Thorax 1.0' [1f...]``."""
+    text = f"series {number}" if number is not None else "series without number"
+    text += f" {description!r}" if description else " (no description)"
+    return f"{text} [{key}]" if key else text
+
+
+def series_label_of(ds: pydicom.Dataset) -> str:
+    """:func:`series_label` of a data set's series (the key hashes its Series Instance UID)."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    return series_label(
+        header_int(ds, "SeriesNumber"),
+        str(ds.get("SeriesDescription", "") or "").strip(),
+        make_series_key(uid) if uid else "",
     )
 
 
-def _as_list(value: object) -> list:
-    if value is None or value == "":
-        return []
-    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+def describe_series_choice(
+    groups: Mapping[str, Sequence[SliceHeader]],
+    chosen: str,
+    skipped: Sequence[SkippedFile],
+    rule: str,
+    key: Callable[[str, list[SliceHeader]], str],
+) -> tuple[str, tuple[str, ...]]:
+    """``(chosen, left out)``: which candidate series (``groups``, by Series Instance UID)
+    the series ``rule`` chose, and one text per series left out: the other candidates and
+    the series whose files the scan skipped (scouts, reformats, reports). Each names Series
+    Number, Series Description, slice count, slice thickness (mm) and the one-way ``key``
+    (``key(uid, members)``); none names the patient."""
+    labels = {uid: _group_label(members, key(uid, list(members))) for uid, members in groups.items()}
+    others = len(groups) - 1
+    chosen_text = (
+        f"{_group_summary(labels[chosen], groups[chosen])}; chosen by ReaderConfig.series_rule {rule!r} "
+        f"({SERIES_RULE_TEXTS.get(rule, rule)}) from {len(groups)} candidate axial CT series"
+        if others else
+        f"{_group_summary(labels[chosen], groups[chosen])}; the only axial CT series "
+        f"(ReaderConfig.series_rule {rule!r} had no choice to make)"
+    )
+    left_out = [
+        f"{_group_summary(labels[uid], members)}; left out: rule {rule!r} chose {labels[chosen]}"
+        for uid, members in groups.items()
+        if uid != chosen
+    ]
+    by_series: dict[str, list[SkippedFile]] = {}
+    for s in skipped:
+        if s.series and s.kind != OTHER_SERIES and s.series not in labels.values():
+            by_series.setdefault(s.series, []).append(s)
+    for label, files in by_series.items():
+        kinds = sorted({f.kind for f in files} - {files[0].kind})
+        more = f"; also {', '.join(kinds)}" if kinds else ""
+        left_out.append(f"{label}: {len(files)} file(s) left out by the scan: {files[0].reason}{more}")
+    return chosen_text, tuple(left_out)
 
 
-def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    try:
-        values = tuple(float(v) for v in _as_list(ds.get(keyword)))
-    except (TypeError, ValueError):
-        return None
-    return values if len(values) == count else None
+def _group_label(members: Sequence[SliceHeader], key: str) -> str:
+    number = next((h.series_number for h in members if h.series_number is not None), None)
+    description = next((h.series_description for h in members if h.series_description), "")
+    return series_label(number, description, key)
 
 
-def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
-    values = _floats(ds, keyword, 1)
-    return values[0] if values else None
-
-
-def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
-    value = _float(ds, keyword)
-    return int(value) if value is not None else None
+def _group_summary(label: str, members: Sequence[SliceHeader]) -> str:
+    thickness = [h.slice_thickness for h in members if h.slice_thickness]
+    mm = f"{statistics.median(thickness):g} mm" if thickness else "unknown"
+    files = len({h.ref.name for h in members})
+    where = f" (frames of {files} multi-frame file{'s' if files > 1 else ''})" if any(h.frame for h in members) else ""
+    return f"{label}: {len(members)} slices{where}, slice thickness {mm}"

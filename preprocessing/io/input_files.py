@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 NOT_DICOM, NON_IMAGE, MODALITY, UNSUPPORTED, LOCALIZER, NON_AXIAL, OTHER_SERIES = (
     "not_dicom", "non_image", "modality", "unsupported", "localizer", "non_axial", "other_series",
 )
+#: A DICOMDIR (Media Storage Directory): the index of a CD/PACS export, not a bad file.
+DIRECTORY = "directory"
 #: Not opened: symlink loop, dangling link, FIFO, socket, device, unreadable.
 SPECIAL = "special"
 #: Not parsed: larger than ReaderConfig.max_file_bytes.
@@ -41,32 +43,42 @@ class FileRef:
     """One file of the input: ``name`` is its POSIX path relative to the input root.
 
     ``path`` is the file on disk (folder input) or the zip archive; ``member`` the raw
-    zip entry name (``None`` for folder input).
+    zip entry name (``None`` for folder input); ``frame`` the 1-based frame of a
+    multi-frame file that one slice comes from (``None``: the file as a whole).
     """
 
     name: str
     path: str
     member: str | None = None
+    frame: int | None = None
+
+    @property
+    def file_display(self) -> str:
+        """How messages name the file: the path, or ``archive.zip::member``."""
+        return f"{self.path}::{self.member}" if self.member is not None else self.path
 
     @property
     def display(self) -> str:
-        """How messages name the file: the path, or ``archive.zip::member``."""
-        return f"{self.path}::{self.member}" if self.member is not None else self.path
+        """How messages name the file, and the frame where there is one: ``path (frame 12)``."""
+        return self.file_display if self.frame is None else f"{self.file_display} (frame {self.frame})"
 
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file left out of the volume, with a human-readable reason."""
+    """A file left out of the volume, with a human-readable reason; ``series``: the
+    readable label of the series it belongs to where its header was read (Series Number,
+    Series Description, a one-way key; no patient identifier), else empty."""
 
     name: str
     reason: str
     kind: str
+    series: str = ""
 
 
-def skip_file(skipped: list[SkippedFile], name: str, reason: str, kind: str) -> None:
+def skip_file(skipped: list[SkippedFile], name: str, reason: str, kind: str, series: str = "") -> None:
     """Record a skipped file with its reason and log it (INFO)."""
     logger.info("skipping %s: %s", name, reason)
-    skipped.append(SkippedFile(name, reason, kind))
+    skipped.append(SkippedFile(name, reason, kind, series))
 
 
 def list_folder(root: Path, config: ReaderConfig = ReaderConfig()) -> tuple[list[FileRef], list[SkippedFile]]:

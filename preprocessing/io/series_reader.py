@@ -114,6 +114,8 @@ def read_dicom_series(
         source_format=report.source_format,
         source_names=report.source_names,
         source_frames=report.source_frames,
+        source_series=report.chosen_series,
+        series_left_out=report.series_left_out,
         orientation=report.orientation,
     )
     return volume, report

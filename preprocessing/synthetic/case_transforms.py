@@ -20,7 +20,7 @@ import numpy as np
 from covidct.errors import ConfigError
 from preprocessing.volume import CTVolume, make_series_key
 
-__all__ = ["all_air", "crop_slices", "flip_anterior_posterior", "rotate_in_plane", "shift_hu",
+__all__ = ["all_air", "crop_slices", "drop_slices", "flip_anterior_posterior", "rotate_in_plane", "shift_hu",
            "uniform_noise", "with_spacing"]
 
 INT16_MIN, INT16_MAX = -32768, 32767
@@ -58,6 +58,25 @@ def crop_slices(volume: CTVolume, start_fraction: float, stop_fraction: float) -
     names = volume.source_names[start:stop] if volume.source_names else ()
     return _derived(volume, f"crop:{start}:{stop}", hu=volume.hu[start:stop],
                     positions_mm=volume.positions_mm[start:stop], source_names=names)
+
+
+def drop_slices(volume: CTVolume, start: int, count: int) -> CTVolume:
+    """Remove slices ``start .. start + count - 1`` (dropped files, a missing range): the
+    kept slices keep their positions and source names, so the gap shows in
+    ``positions_mm``; spacing is unchanged.
+
+    Raises:
+        ConfigError: the range is empty or does not leave slices on both sides.
+    """
+    n = volume.num_slices
+    if not (isinstance(start, int) and isinstance(count, int) and count >= 1 and start >= 1 and start + count < n):
+        raise ConfigError(
+            f"drop_slices: start={start!r}, count={count!r}; expected 1 <= start, count >= 1 and start + count < {n}"
+        )
+    keep = np.r_[0:start, start + count:n]
+    names = tuple(volume.source_names[i] for i in keep) if volume.source_names else ()
+    return _derived(volume, f"drop:{start}:{count}", hu=volume.hu[keep], positions_mm=volume.positions_mm[keep],
+                    source_names=names)
 
 
 def rotate_in_plane(volume: CTVolume, quarter_turns: int) -> CTVolume:

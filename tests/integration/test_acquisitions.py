@@ -25,7 +25,9 @@ from preprocessing.io.series_reader import read_series
 from preprocessing.io.series_writer import write_dicom_series
 from preprocessing.lung_segmentation import segment_lungs
 from preprocessing.orientation import PATIENT_POSITION_ORIENTATIONS
+from preprocessing.synthetic.case_transforms import drop_slices
 from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.synthetic.trust_cases import coverage_crops
 from preprocessing.volume import CTVolume
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -134,36 +136,24 @@ def test_every_patient_position_gets_the_same_answer_and_the_patients_own_sides(
         assert seg_on_lung_fraction(out / f"{position}_seg.dcm", patients / position, chest) > 0.85, position
 
 
-def copy_slices(volume: CTVolume, source: Path, keep: np.ndarray, target: Path) -> Path:
-    """A folder holding only the files of the slices ``keep`` (indices into ``volume``)."""
+def copy_files(volume: CTVolume, source: Path, target: Path) -> Path:
+    """A folder holding only the source files of ``volume``'s slices (a crop or a gap)."""
     target.mkdir(parents=True)
-    for i in keep:
-        shutil.copy2(source / volume.source_names[int(i)], target / volume.source_names[int(i)])
+    for name in volume.source_names:
+        shutil.copy2(source / name, target / name)
     return target
 
 
-def variants(volume: CTVolume) -> dict[str, np.ndarray]:
-    """Slice indices of each variant: whole; a fifth of the lung removed at the base or the
-    apex; the last 1 or 2 lung-bearing slices removed at either end; 10 slices missing in
-    the middle of the lungs."""
+def variants(volume: CTVolume) -> dict[str, tuple[CTVolume, str | None]]:
+    """Name -> (series, the code it must get): whole (none); the coverage crops at either
+    end (``lungs_incomplete`` / ``partial_coverage``); 10 slices missing in the middle of the
+    lungs (``slice_gap``)."""
     seg = segment_lungs(volume.hu, volume.spacing_mm, LungSegmentationConfig())
-    area, lung = seg.lung_area_mm2, seg.lung_slices
-    n = volume.num_slices
-    from_base = np.cumsum(area) / area.sum()
-    from_apex = np.cumsum(area[::-1])[::-1] / area.sum()
-    base20 = int(np.flatnonzero(from_base >= 0.2)[0])
-    apex20 = int(np.flatnonzero(from_apex >= 0.2)[-1])
-    middle = int(lung[len(lung) // 2])
-    return {
-        "whole": np.arange(n),
-        "base_20pct": np.arange(base20 + 1, n),
-        "apex_20pct": np.arange(0, apex20),
-        "base_1": np.arange(lung[1], n),
-        "base_2": np.arange(lung[2], n),
-        "apex_1": np.arange(0, lung[-2] + 1),
-        "apex_2": np.arange(0, lung[-3] + 1),
-        "gap_10": np.r_[0:middle, middle + 10:n],
-    }
+    middle = int(seg.lung_slices[len(seg.lung_slices) // 2])
+    made = {"whole": (volume, None), "gap_10": (drop_slices(volume, middle, 10), "slice_gap")}
+    for crop in coverage_crops(volume, seg.lung_area_mm2):
+        made[crop.name] = (crop.volume, crop.expected_code)
+    return made
 
 
 @pytest.mark.real_data
@@ -172,26 +162,107 @@ def test_real_series_clipped_cropped_and_with_missing_slices(triton_server, real
     source = real_data_dir / series
     volume = read_series(source)
     made = variants(volume)
-    for name, keep in made.items():
-        copy_slices(volume, source, keep, tmp_path / "patients" / name)
+    for name, (variant, _) in made.items():
+        copy_files(variant, source, tmp_path / "patients" / name)
     answers = run_cli(capsys, ["--patients", str(tmp_path / "patients"), "--url", triton_server.grpc_url])
     assert set(answers) == set(made)
-
-    def codes(name: str, key: str) -> set[str]:
-        return {item["code"] for item in answers[name]["result"]["assessment"][key]}
-
+    assert {code for _, code in made.values()} == {None, "lungs_incomplete", "partial_coverage", "slice_gap"}
     whole = answers["whole"]["result"]
     assert whole["verdict"] != "not_assessable", whole["assessment"]["reasons"]
-    for name in ("base_20pct", "apex_20pct"):
-        assert answers[name]["result"]["verdict"] == "not_assessable", name
-        assert "lungs_incomplete" in codes(name, "reasons"), (name, codes(name, "reasons"))
-    for name in ("base_1", "base_2", "apex_1", "apex_2"):
+    for name, (_, code) in made.items():
         result = answers[name]["result"]
-        assert result["verdict"] != "not_assessable", (name, result["assessment"]["reasons"])
-        assert "partial_coverage" in codes(name, "warnings"), name
-        assert result["assessment"]["measurements"]["missing_lung_fraction"] > 0, name
-        assert result["lung_volume_ml"] == pytest.approx(whole["lung_volume_ml"], rel=0.05), name
-    gap = answers["gap_10"]["result"]
-    assert gap["verdict"] == "not_assessable" and "slice_gap" in codes("gap_10", "reasons")
-    message = next(r["message"] for r in gap["assessment"]["reasons"] if r["code"] == "slice_gap")
+        reasons = {item["code"] for item in result["assessment"]["reasons"]}
+        warnings = {item["code"] for item in result["assessment"]["warnings"]}
+        if code in ("lungs_incomplete", "slice_gap"):
+            assert result["verdict"] == "not_assessable" and code in reasons, (name, reasons)
+        elif code == "partial_coverage":
+            assert result["verdict"] != "not_assessable", (name, result["assessment"]["reasons"])
+            assert code in warnings, (name, warnings)
+            assert result["assessment"]["measurements"]["missing_lung_fraction"] > 0, name
+            assert result["lung_volume_ml"] == pytest.approx(whole["lung_volume_ml"], rel=0.05), name
+    message = next(r["message"] for r in answers["gap_10"]["result"]["assessment"]["reasons"]
+                   if r["code"] == "slice_gap")
     assert "about 10 slices of 2 mm" in message, message
+
+@pytest.mark.real_data
+def test_a_real_series_written_prone_and_feet_first_gets_the_supine_answer(
+    triton_server, real_data_dir, tmp_path, capsys
+):
+    volume = read_series(real_data_dir / "cap002")
+    patients = tmp_path / "patients"
+    for position in ("HFS", "HFP", "FFS", "HFDR"):
+        write_dicom_series(volume, patients / position, patient_position=position, pixel_representation=0)
+    answers = run_cli(capsys, ["--patients", str(patients), "--url", triton_server.grpc_url])
+    supine = answers["HFS"]["result"]
+    assert supine["verdict"] != "not_assessable", supine["assessment"]["reasons"]
+    for position, patient in answers.items():
+        result = patient["result"]
+        assert result["verdict"] == supine["verdict"], position
+        assert result["assessment"] == supine["assessment"], position
+        assert result["selected_indices"] == supine["selected_indices"], position
+
+
+@pytest.mark.real_data
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_exports_of_a_real_series_get_the_folders_answer_and_their_dicom_results(
+    triton_server, real_data_dir, tmp_path, capsys
+):
+    """One real series as a plain folder, one Legacy Converted Enhanced CT file (frames out
+    of order), a DICOMDIR export with nested extension-less files, and a folder that also
+    holds a 6 mm recon of it: the same answer, and SEG + SR written for each."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.fileset import FileSet
+    from pydicom.uid import generate_uid
+
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    datasets = []
+    for path in sorted((real_data_dir / "P002").iterdir()):  # the originals carry no valid UIDs
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.SeriesNumber = "20200401", "120000", "1", 2  # DICOMDIR records
+        datasets.append(ds)
+    patients = tmp_path / "patients"
+    for ds in datasets:
+        ds.save_as((patients / "folder").mkdir(parents=True, exist_ok=True) or patients / "folder" / path_name(ds))
+    converted = LegacyConvertedEnhancedCTImage(datasets, series_instance_uid=generate_uid(), series_number=3,
+                                               sop_instance_uid=generate_uid(), instance_number=1)
+    order = np.random.default_rng(3).permutation(len(datasets))
+    frames = list(generate_frames(converted.PixelData, number_of_frames=len(datasets)))
+    items = list(converted.PerFrameFunctionalGroupsSequence)
+    converted.PerFrameFunctionalGroupsSequence = [items[i] for i in order]
+    converted.PixelData = encapsulate([frames[i] for i in order])
+    (patients / "multiframe").mkdir()
+    converted.save_as(patients / "multiframe" / "ct.dcm")
+    fileset = FileSet()
+    for ds in datasets:
+        fileset.add(ds)
+    fileset.write(patients / "cd_export")
+    shutil.copytree(patients / "folder", patients / "two_series" / "axial")
+    thick_uid = generate_uid()
+    for ds in datasets[::3]:
+        thick = pydicom.dcmread(patients / "folder" / path_name(ds))
+        thick.SeriesInstanceUID, thick.SliceThickness, thick.SeriesNumber = thick_uid, 6, 9
+        thick.SOPInstanceUID = thick.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        thick.save_as((patients / "two_series" / "thick").mkdir(exist_ok=True) or
+                      patients / "two_series" / "thick" / path_name(ds))
+    out = tmp_path / "dicom"
+    answers = run_cli(capsys, ["--patients", str(patients), "--url", triton_server.grpc_url, "--dicom-out", str(out)])
+    reference = answers["folder"]["result"]
+    assert reference["verdict"] != "not_assessable", reference["assessment"]["reasons"]
+    for name in ("multiframe", "cd_export", "two_series"):
+        patient = answers[name]
+        assert patient["status"] == "ok", (name, patient.get("error"))
+        result = patient["result"]
+        for key in ("verdict", "assessment", "selected_indices", "lung_slices", "lung_volume_ml"):
+            assert result[key] == reference[key], (name, key)
+        assert (out / f"{name}_seg.dcm").is_file() and (out / f"{name}_sr.dcm").is_file(), name
+    assert "series 9" in " ".join(answers["two_series"]["result"]["series_left_out"])
+    seg = pydicom.dcmread(out / "multiframe_seg.dcm")
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {converted.SOPInstanceUID}
+
+
+def path_name(ds: pydicom.Dataset) -> str:
+    return f"IM{int(ds.InstanceNumber):04d}.dcm"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.assessment import REASON_CODES, Assessment, Reason, assess
+from preprocessing.assessment import REASON_CODES, WARNING_CODES, Assessment, Reason, assess
 from preprocessing.config import PIPELINE_CONFIG_VERSION, AssessmentConfig, PipelineConfig
 from preprocessing.lung_segmentation import segment_lungs
 from preprocessing.synthetic.phantom import make_phantom
@@ -22,7 +22,9 @@ def _assess(hu: np.ndarray, spacing: tuple[float, float, float]) -> Assessment:
 
 def test_reason_codes_are_fixed() -> None:
     assert REASON_CODES == ("no_body", "no_lungs", "lungs_incomplete", "too_few_lung_slices",
-                            "implausible_lung_volume", "hu_calibration", "implausible_spacing", "orientation")
+                            "implausible_lung_volume", "hu_calibration", "implausible_spacing", "orientation",
+                            "slice_gap")
+    assert WARNING_CODES == ("partial_coverage",)
     assert Assessment(reasons=()).assessable
     assert not Assessment(reasons=(Reason("no_body", "x"),)).assessable
 
@@ -101,8 +103,8 @@ def test_config_validation_names_the_field() -> None:
         AssessmentConfig(lung_volume_ml=(5000.0, 1000.0))
     with pytest.raises(ConfigError, match=r"AssessmentConfig.min_lung_slices=0; expected an integer in \[1, 10000\]"):
         AssessmentConfig(min_lung_slices=0)
-    with pytest.raises(ConfigError, match=r"max_end_area_fraction=2.0; expected a number in \[0.0, 1.0\]"):
-        AssessmentConfig(max_end_area_fraction=2.0)
+    with pytest.raises(ConfigError, match=r"max_missing_lung_fraction=2.0; expected a number in \[0.0, 1.0\]"):
+        AssessmentConfig(max_missing_lung_fraction=2.0)
 
 
 def test_version_1_pipeline_config_loads_with_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -115,10 +117,27 @@ def test_version_1_pipeline_config_loads_with_defaults(tmp_path) -> None:  # typ
     path = tmp_path / "pipeline_config.json"
     path.write_text(json.dumps(data))
     loaded = PipelineConfig.load(path)
-    assert loaded.version == PIPELINE_CONFIG_VERSION == 2
+    assert loaded.version == PIPELINE_CONFIG_VERSION == 3
     assert loaded.assessment == AssessmentConfig()
     assert loaded.selection.rule == "paper002"  # version 1 selected by paper 002's rule
     assert PipelineConfig.from_dict(json.loads(PipelineConfig().to_json())) == PipelineConfig()
+
+
+def test_version_2_pipeline_config_migrates_the_coverage_and_gap_settings() -> None:
+    data = json.loads(PipelineConfig().to_json())
+    data["version"] = 2
+    data["assessment"].pop("gap_tolerance")
+    for key in ("coverage_fit_mm", "max_taper_mm", "max_missing_lung_fraction"):
+        data["assessment"].pop(key)
+    data["assessment"]["max_end_area_fraction"] = 0.1  # the end-slice rule version 3 replaced
+    data["reader"]["gap_tolerance"] = 0.8  # gap detection moved from the reader to the assessment
+    loaded = PipelineConfig.from_dict(data)
+    assert loaded.version == 3
+    assert loaded.assessment.gap_tolerance == 0.8
+    assert loaded.assessment.max_missing_lung_fraction == AssessmentConfig().max_missing_lung_fraction
+    data["version"] = 3
+    with pytest.raises(ConfigError, match="max_end_area_fraction"):
+        PipelineConfig.from_dict(data)
 
 
 @pytest.fixture(scope="module")

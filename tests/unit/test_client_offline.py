@@ -6,6 +6,8 @@ listening: real gRPC, no mock)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import socket
 
@@ -314,6 +316,29 @@ def test_table_marks_demo_answers_and_lists_reasons():
     real = format_table([PatientOutcome("pos", fake_result(1, REAL_CARDS))]).splitlines()
     assert real[2].split()[1] == "POSITIVE" and not any(line.startswith("*") for line in real)
     assert real[-1] == "models: classifier cnn6 (dicom-csv); segmenter unet (dicom-csv)"
+
+
+def test_table_and_report_show_warnings_and_which_series_was_read():
+    from client.answer import Reason
+
+    base = fake_result(0, REAL_CARDS)
+    clipped = dataclasses.replace(
+        base,
+        assessment=dataclasses.replace(base.assessment, warnings=(Reason("partial_coverage", "0.2 % outside"),)),
+        source_series="series 2 'chest 1 mm' [abc]: 300 slices, slice thickness 1 mm, chosen by rule 'most_slices'",
+        series_left_out=("series 3 'chest 5 mm' [def]: 60 slices",),
+    )
+    lines = format_table([PatientOutcome("clip", clipped)]).splitlines()
+    assert lines[2].split()[1] == "negative" and lines[2].endswith("warning: partial_coverage")
+    counts = lines.index("1 patients: 0 positive, 1 negative, 0 not assessable, 0 failed")
+    assert lines[counts + 2] == ("clip: read series 2 'chest 1 mm' [abc]: 300 slices, slice thickness 1 mm, chosen by "
+                                 "rule 'most_slices'; left out: series 3 'chest 5 mm' [def]: 60 slices")
+    document = report_dict([PatientOutcome("clip", clipped)], url="localhost:8001", model="covid_ct_pipeline")
+    validate_report(json.loads(json.dumps(document)))
+    result = document["patients"][0]["result"]
+    assert result["assessment"]["warnings"] == [{"code": "partial_coverage", "message": "0.2 % outside"}]
+    assert result["series"].startswith("series 2")
+    assert result["series_left_out"] == ["series 3 'chest 5 mm' [def]: 60 slices"]
 
 
 def test_server_masks_are_upsampled_nearest_to_the_slice():

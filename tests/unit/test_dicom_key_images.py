@@ -1,5 +1,6 @@
 """Key images (Secondary Capture overlays) of an answer, built over a phantom series written as
-real DICOM files, written with the SEG and SR and read back with pydicom."""
+real DICOM files (supine, and a decubitus series whose stored pixels are transposed against
+the volume's patient layout), written with the SEG and SR and read back with pydicom."""
 
 from __future__ import annotations
 
@@ -28,7 +29,16 @@ from preprocessing.io.series_reader import read_series
 from preprocessing.io.series_writer import write_dicom_series
 from preprocessing.resize import resize_nearest
 from preprocessing.synthetic.phantom import make_phantom
-from tests.unit.test_dicom_results import N, SIZE, answer
+from tests.unit.test_dicom_results import (
+    N,
+    ORIENTED_SPACING,
+    SIZE,
+    answer,
+    oriented_phantom,
+    patient_origin,
+    patient_points,
+    write_oriented_series,
+)
 
 REASONS = (Reason("no_lungs", "no aerated lung found"), Reason("implausible_lung_volume", "0 ml"))
 
@@ -211,3 +221,46 @@ def test_key_image_passes_dciodvfy_without_errors(series, tmp_path):
     assert any("SCImage" in line for line in output), output
     errors = [line for line in output if line.startswith("Error")]
     assert errors == [], errors
+
+
+def test_key_images_carry_the_warnings_in_image_comments(series):
+    phantom, _, volume, headers = series
+    warnings = (Reason("partial_coverage", "lung apices 8 mm outside the scan"),)
+    result = infected_answer(phantom, assessment=Assessment(assessable=True, warnings=warnings))
+    images = build_key_images(headers, volume.hu, result, DicomOutputConfig(key_images=2))
+    assert len(images) == 2
+    for image in images:
+        assert "warnings: partial_coverage: lung apices 8 mm outside the scan" in image.ImageComments
+        assert "covidct answer: positive" in image.ImageComments
+    plain = build_key_images(headers, volume.hu, infected_answer(phantom), DicomOutputConfig(key_images=1))
+    assert "warnings" not in plain[0].ImageComments
+
+
+def test_key_image_of_a_decubitus_series_is_in_its_source_frame_layout(series, tmp_path):
+    phantom, _, _, _ = series
+    patient, base = oriented_phantom(phantom)
+    volume, transform = write_oriented_series(patient, tmp_path / "HFDL", "HFDL")
+    assert transform.transpose
+    result = answer(phantom, selected_indices=base.lung_slices, lung_mask=base.lung_mask,
+                    infection_mask=base.infection_mask,
+                    slice_probabilities=np.linspace(0.1, 0.9, base.lung_slices.size).astype(np.float32))
+    results = dicom_results_for(tmp_path / "HFDL", volume, result, DicomOutputConfig(key_images=2))
+    _, images = written(results, tmp_path / "out")
+    headers = read_source_headers(tmp_path / "HFDL", volume.source_names)
+    assert len(images) == 2
+    for image in images:
+        index = source_index(image, headers)
+        header = headers[index]
+        assert (int(image.Rows), int(image.Columns)) == (int(header.Rows), int(header.Columns)) == (48, 64)
+        assert [float(v) for v in image.PixelSpacing] == [ORIENTED_SPACING[1], ORIENTED_SPACING[0]]
+        assert [float(v) for v in image.ImageOrientationPatient] == [float(v) for v in header.ImageOrientationPatient]
+        rgb = image.pixel_array.astype(np.int32)
+        red = (rgb[..., 0] > rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+        k = int(np.flatnonzero(result.lung_slices == index)[0])
+        infection = resize_nearest(result.infection_mask[k][None], patient.hu.shape[1:])[0] > 0
+        assert infection.any()
+        r, c = np.nonzero(infection)
+        want = np.unique(np.round(patient_origin(patient)[None, :] + np.stack(
+            [c * ORIENTED_SPACING[1], r * ORIENTED_SPACING[0]], axis=1), 2), axis=0)
+        got = patient_points(red, image.ImagePositionPatient, image.ImageOrientationPatient, image.PixelSpacing)
+        np.testing.assert_allclose(got, want, atol=0.011)

@@ -19,7 +19,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from covidct.errors import MixedSeriesError
+from covidct.errors import MixedSeriesError, ObliqueSeriesError
 from preprocessing.config import ReaderConfig
 from preprocessing.io.dicom_decode import DecodeTask, decode_series, resolve_workers, stored_to_hu
 from preprocessing.io.series_reader import read_dicom_series, read_series
@@ -106,7 +106,9 @@ def test_position_projected_on_the_oblique_slice_normal(tmp_path):
     angle = np.deg2rad(15)
     orientation = (1, 0, 0, 0, float(np.cos(angle)), float(-np.sin(angle)))
     written = write_ct_series(tmp_path / "s", num_slices=5, dz=3.0, orientation=orientation)
-    volume = read_series(tmp_path / "s")
+    with pytest.raises(ObliqueSeriesError, match=r"lies 15 degrees off the patient axes; expected an axial series"):
+        read_series(tmp_path / "s")  # a 15 degree gantry tilt is refused by default
+    volume = read_series(tmp_path / "s", config=ReaderConfig(max_oblique_deg=20))
     np.testing.assert_array_equal(volume.hu, written.hu)
     np.testing.assert_allclose(np.diff(volume.positions_mm), 3.0)
     assert volume.spacing_mm[0] == pytest.approx(3.0)

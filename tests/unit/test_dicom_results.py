@@ -1,8 +1,13 @@
 """DICOM SEG and SR of an answer, built from a phantom series written as real DICOM files
-(no server: the answer is made from the phantom's own masks on a reduced grid)."""
+(no server: the answer is made from the phantom's own masks on a reduced grid): supine
+single-frame files, files with absent or empty Type 2 patient/study attributes, prone,
+feet-first and decubitus files (stored pixels flipped/transposed against the volume's
+patient layout) and one Legacy Converted Enhanced CT multi-frame file."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import shutil
 import subprocess
 
@@ -12,8 +17,8 @@ import pydicom
 import pytest
 
 from client.batch import ExitCode, exit_code_of
-from client.dicom_results import dicom_results_for, read_source_headers, write_dicom_results
-from client.dicom_seg import full_resolution_masks
+from client.dicom_results import build_dicom_results, dicom_results_for, read_source_headers, write_dicom_results
+from client.dicom_seg import TYPE2_PATIENT_STUDY, DicomOutputConfig, full_resolution_masks, with_type2_attributes
 from client.dicom_sr import report_values
 from client.listener import (
     STATUS_CANNOT_UNDERSTAND,
@@ -25,9 +30,11 @@ from client.pacs import StoreDestination, StowDestination, parse_destination
 from client.result import Assessment, PipelineResult, Reason
 from covidct.errors import DicomResultsError, InputError, ResultStoreError, SourceHeaderError
 from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import write_dicom_series
+from preprocessing.io.series_writer import iter_dicom_datasets, write_dicom_series
+from preprocessing.orientation import InPlaneTransform, source_orientation, transform_from_orientation
 from preprocessing.resize import resize_nearest
 from preprocessing.synthetic.phantom import make_phantom
+from preprocessing.volume import CTVolume
 
 N, SIZE, FACTOR = 24, 64, 4
 CARD = {
@@ -262,3 +269,312 @@ def test_stow_to_a_closed_port_is_a_store_error():
         ds.file_meta = pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         StowDestination("http://127.0.0.1:1/dicom-web", timeout_s=2).store([ds])
+
+
+# ------------------------------------------------------------ any valid CT source
+def _rewrite(folder, change) -> None:
+    """Apply ``change(dataset)`` to every file of ``folder`` (pixels untouched)."""
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path, enforce_file_format=True)
+
+
+def _delete_type2(ds) -> None:
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _empty_type2(ds) -> None:
+    for keyword in TYPE2_PATIENT_STUDY:
+        setattr(ds, keyword, "")
+
+
+@pytest.mark.parametrize("change", [_delete_type2, _empty_type2], ids=["deleted", "empty"])
+def test_absent_or_empty_type2_patient_and_study_attributes_stay_empty(phantom_series, tmp_path, change):
+    phantom, folder, volume = phantom_series
+    source = tmp_path / "anonymised"
+    shutil.copytree(folder, source)
+    _rewrite(source, change)
+    headers = read_source_headers(source, volume.source_names)
+    results = build_dicom_results(headers, answer(phantom), DicomOutputConfig(key_images=1),
+                                  names=volume.source_names, hu=volume.hu)
+    paths = write_dicom_results(results, tmp_path / "out", "p")
+    assert [p.name for p in paths] == ["p_seg.dcm", "p_sr.dcm", "p_key01.dcm"]
+    for path in paths:
+        written = pydicom.dcmread(path)
+        for keyword in TYPE2_PATIENT_STUDY:
+            assert keyword in written, f"{path.name}: {keyword} absent"
+            assert written[keyword].is_empty, f"{path.name}: {keyword} = {written.get(keyword)!r}"
+        assert written.StudyInstanceUID == headers[0].StudyInstanceUID
+    if change is _delete_type2:  # the headers given were not changed: the copies carry the empty attributes
+        assert not any(keyword in headers[0] for keyword in TYPE2_PATIENT_STUDY)
+    completed = with_type2_attributes(headers)
+    assert all(keyword in completed[0] for keyword in TYPE2_PATIENT_STUDY)
+    assert with_type2_attributes(completed)[0] is completed[0]
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # the invalid UID set on purpose
+@pytest.mark.parametrize(("keyword", "tag", "value", "problem"), [
+    ("SOPInstanceUID", "(0008,0018)", None, "is missing or empty"),
+    ("StudyInstanceUID", "(0020,000D)", "", "is missing or empty"),
+    ("SeriesInstanceUID", "(0020,000E)", None, "is missing or empty"),
+    ("FrameOfReferenceUID", "(0020,0052)", "", "is missing or empty"),
+    ("StudyInstanceUID", "(0020,000D)", "896911bf-1143-4c8d-8f04-f3cd1a7f6204", "is '896911bf-.*not a valid UID"),
+])
+def test_a_missing_or_invalid_type1_uid_is_a_source_header_error_naming_file_and_tag(
+    phantom_series, keyword, tag, value, problem
+):
+    phantom, folder, volume = phantom_series
+    headers = read_source_headers(folder, volume.source_names)
+    broken = copy.deepcopy(headers[7])
+    if value is None:
+        delattr(broken, keyword)
+    else:
+        setattr(broken, keyword, value)
+    headers[7] = broken
+    name = volume.source_names[7]
+    with pytest.raises(SourceHeaderError, match=rf"{name}: {keyword} \({tag[1:-1]}\) {problem}"):
+        build_dicom_results(headers, answer(phantom), names=volume.source_names)
+
+
+# ------------------------------------------------------- prone, feet-first, decubitus
+#: In-plane spacing (row = y, column = x) of the oriented phantom, mm: unequal, so that a
+#: transpose shows in PixelSpacing too.
+ORIENTED_SPACING = (5.0, 6.0)
+
+
+def oriented_phantom(phantom) -> tuple[CTVolume, PipelineResult]:
+    """A ``[N, 64, 48]`` crop of the phantom (patient layout) and its answer (16 x 12 grid)."""
+    crop = np.s_[:, :, 8:56]
+    volume = CTVolume(
+        hu=np.ascontiguousarray(phantom.volume.hu[crop]), spacing_mm=(phantom.volume.spacing_mm[0], *ORIENTED_SPACING),
+        positions_mm=phantom.volume.positions_mm, series_key="oriented", source_format="array",
+    )
+    base = answer(phantom)
+    result = answer(
+        phantom,
+        lung_mask=phantom.lung_mask[crop][base.lung_slices][:, ::FACTOR, ::FACTOR].astype(np.uint8),
+        infection_mask=phantom.lesion_mask[crop][base.lung_slices][:, ::FACTOR, ::FACTOR].astype(np.uint8),
+    )
+    return volume, result
+
+
+def patient_origin(volume: CTVolume) -> np.ndarray:
+    """Patient (x, y) mm of the patient-layout pixel (0, 0) of the oriented phantom."""
+    _, h, w = volume.hu.shape
+    return np.array([-w * ORIENTED_SPACING[1] / 2, -h * ORIENTED_SPACING[0] / 2])
+
+
+def write_oriented_series(volume: CTVolume, folder, position: str) -> tuple[CTVolume, InPlaneTransform]:
+    """Write ``volume`` (patient layout) as the files a scanner writes for Patient Position
+    ``position``: stored pixels, Image Orientation, Image Position and Pixel Spacing of that
+    position. Returns the volume as the reader gives it (source names, orientation)."""
+    cosines = source_orientation(position)
+    transform = transform_from_orientation(cosines)
+    _, h, w = volume.hu.shape
+    stored = np.ascontiguousarray(transform.to_source(volume.hu))
+    rows_of = transform.to_source(np.broadcast_to(np.arange(h)[None, :, None], (1, h, w)))[0]
+    cols_of = transform.to_source(np.broadcast_to(np.arange(w)[None, None, :], (1, h, w)))[0]
+    corner = np.array([cols_of[0, 0] * ORIENTED_SPACING[1], rows_of[0, 0] * ORIENTED_SPACING[0]])
+    x0, y0 = patient_origin(volume) + corner  # stored pixel (0, 0)
+    spacing = ORIENTED_SPACING[::-1] if transform.transpose else ORIENTED_SPACING
+    folder.mkdir(parents=True)
+    names = []
+    for i, (name, ds) in enumerate(iter_dicom_datasets(volume, name_order="anatomical")):
+        ds.PatientPosition = position
+        ds.ImageOrientationPatient = [f"{v:g}" for v in cosines]
+        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{float(volume.positions_mm[i]):.4f}"]
+        ds.PixelSpacing = [f"{v:g}" for v in spacing]
+        ds.Rows, ds.Columns = stored.shape[1:]
+        ds.PixelData = stored[i].astype("<i2").tobytes()
+        ds.save_as(folder / name, enforce_file_format=True)
+        names.append(name)
+    read = dataclasses.replace(volume, source_format="dicom", source_names=tuple(names), orientation=transform)
+    return read, transform
+
+
+def patient_points(mask: np.ndarray, position, cosines, spacing) -> np.ndarray:
+    """Sorted patient (x, y) mm, rounded to 0.01, of the set pixels of one stored frame
+    ``mask`` ``[Rows, Columns]`` with the frame's Image Position, Orientation and Pixel Spacing."""
+    rows, cols = np.nonzero(mask)
+    row_dir, col_dir = np.asarray(cosines[:3], float), np.asarray(cosines[3:], float)
+    points = (np.asarray(position, float)[None, :] + cols[:, None] * float(spacing[1]) * row_dir
+              + rows[:, None] * float(spacing[0]) * col_dir)
+    return np.unique(np.round(points[:, :2], 2), axis=0)
+
+
+def expected_masks(volume: CTVolume, result: PipelineResult) -> np.ndarray:
+    """bool ``[N, H, W, 2]`` (lung, infection) in the volume's patient layout."""
+    n, h, w = volume.hu.shape
+    expected = np.zeros((n, h, w, 2), bool)
+    expected[result.lung_slices, ..., 0] = resize_nearest(result.lung_mask, (h, w)) > 0
+    expected[result.lung_slices, ..., 1] = resize_nearest(result.infection_mask, (h, w)) > 0
+    return expected
+
+
+@pytest.mark.parametrize("position", ["HFP", "FFS", "HFDL"])
+def test_seg_of_a_non_identity_orientation_overlays_each_source_frame(phantom_series, tmp_path, position):
+    phantom, _, _ = phantom_series
+    patient, result = oriented_phantom(phantom)
+    volume, transform = write_oriented_series(patient, tmp_path / position, position)
+    assert not transform.is_identity
+    seg = dicom_results_for(tmp_path / position, volume, result).segmentation
+    decoded = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_bytes(seg)))
+    headers = read_source_headers(tmp_path / position, volume.source_names)
+    uids = [str(h.SOPInstanceUID) for h in headers]
+    rows, cols = int(headers[0].Rows), int(headers[0].Columns)
+    assert (int(decoded.Rows), int(decoded.Columns)) == (rows, cols) == transform.patient_shape(patient.hu.shape[1:])
+    pixels = hd.seg.Segmentation.from_dataset(decoded).get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True
+    ).astype(bool)
+    expected = expected_masks(volume, result)
+    stored_expected = transform.to_source(expected)
+    assert not np.array_equal(stored_expected, expected)  # the orientation matters
+    np.testing.assert_array_equal(pixels, stored_expected)
+    # Independent of the transform: every set pixel of a SEG frame lies, through the SEG's own
+    # geometry, where the patient-layout mask puts it.
+    shared = decoded.SharedFunctionalGroupsSequence[0]
+    cosines = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    frames = decoded.pixel_array.reshape(-1, rows, cols)
+    checked = 0
+    for frame, item in zip(frames, decoded.PerFrameFunctionalGroupsSequence, strict=True):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        index, segment = uids.index(str(uid)), int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position_mm = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        assert position_mm == [float(v) for v in headers[index].ImagePositionPatient]
+        truth = expected[index, ..., segment - 1]
+        r, c = np.nonzero(truth)
+        want = np.unique(np.round(patient_origin(patient)[None, :] + np.stack(
+            [c * ORIENTED_SPACING[1], r * ORIENTED_SPACING[0]], axis=1), 2), axis=0)
+        np.testing.assert_allclose(patient_points(frame, position_mm, cosines, spacing), want, atol=0.011)
+        checked += int(truth.any())
+    assert checked > N // 2
+
+
+def test_full_resolution_masks_go_back_to_the_stored_layout():
+    grid = np.zeros((1, 4, 2), np.uint8)
+    grid[0, 0, 1] = 1  # patient layout: anterior row, patient-left column
+    result = PipelineResult(
+        verdict="negative", positive_fraction=0.0, vote_threshold=0.25, slice_probabilities=np.zeros(0, np.float32),
+        selected_indices=np.zeros(0, np.int32), lesion_burden_pct=0.0, lung_volume_ml=1.0, model_versions=(),
+        latency_s=0.0, lung_slices=np.array([0], np.int32), lung_mask=grid, infection_mask=np.zeros_like(grid),
+        num_slices=1,
+    )
+    transposed = full_resolution_masks(result, (1, 4, 2), InPlaneTransform(transpose=True, flip_rows=True))
+    assert transposed.shape == (1, 2, 4, 2)
+    assert np.argwhere(transposed[0, ..., 0]).tolist() == [[1, 3]]
+    flipped = full_resolution_masks(result, (1, 4, 2), InPlaneTransform(flip_rows=True, flip_columns=True))
+    assert np.argwhere(flipped[0, ..., 0]).tolist() == [[3, 0]]
+
+
+def test_rows_and_columns_are_compared_in_the_patient_layout(phantom_series, tmp_path):
+    phantom, _, _ = phantom_series
+    patient, result = oriented_phantom(phantom)
+    volume, transform = write_oriented_series(patient, tmp_path / "HFDL", "HFDL")
+    assert transform.transpose
+    with pytest.raises(SourceHeaderError, match=r"Rows/Columns \(0028,0010\) 48 x 64 \(identity to the patient "
+                                                r"layout\); expected the volume's 64 x 48"):
+        dicom_results_for(tmp_path / "HFDL", dataclasses.replace(volume, orientation=InPlaneTransform()), result)
+
+
+# ------------------------------------------------------------ one multi-frame source
+def multiframe_source(folder, volume: CTVolume, out_dir) -> tuple[CTVolume, pydicom.Dataset]:
+    """The series of ``folder`` as one Legacy Converted Enhanced CT file ``out_dir/mf.dcm``
+    and the volume as read from it (source names all ``mf.dcm``, source frames by position)."""
+    datasets = [pydicom.dcmread(folder / name) for name in volume.source_names]
+    image = hd.legacy.LegacyConvertedEnhancedCTImage(
+        datasets, series_instance_uid=hd.UID(), series_number=7, sop_instance_uid=hd.UID(), instance_number=1
+    )
+    out_dir.mkdir()
+    image.save_as(out_dir / "mf.dcm", enforce_file_format=True)
+    z = np.array([float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+                  for item in image.PerFrameFunctionalGroupsSequence])
+    frames = tuple(int(np.argmin(np.abs(z - p))) + 1 for p in volume.positions_mm)
+    assert sorted(frames) == list(range(1, N + 1)) and frames != tuple(range(1, N + 1))
+    read = dataclasses.replace(volume, source_names=("mf.dcm",) * N, source_frames=frames)
+    return read, pydicom.dcmread(out_dir / "mf.dcm", stop_before_pixels=True)
+
+
+def test_seg_over_one_multiframe_source_places_each_slice_at_its_frame(phantom_series, tmp_path):
+    phantom, folder, volume = phantom_series
+    mf_volume, header = multiframe_source(folder, volume, tmp_path / "mf")
+    result = answer(phantom)
+    results = dicom_results_for(tmp_path / "mf", mf_volume, result, DicomOutputConfig(key_images=2))
+    written = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_bytes(results.segmentation)))
+    decoded = hd.seg.Segmentation.from_dataset(written)
+    referenced = decoded.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [str(i.ReferencedSOPInstanceUID) for i in referenced] == [str(header.SOPInstanceUID)]
+    pixels = decoded.get_pixels_by_source_frame(
+        source_sop_instance_uid=str(header.SOPInstanceUID), source_frame_numbers=list(mf_volume.source_frames),
+        segment_numbers=[1, 2], assert_missing_frames_are_empty=True,
+    ).astype(bool)
+    np.testing.assert_array_equal(pixels, expected_masks(volume, result))
+    source_positions = [[float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+                        for item in header.PerFrameFunctionalGroupsSequence]
+    for item in decoded.PerFrameFunctionalGroupsSequence:
+        frame = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        assert position == source_positions[frame - 1]
+    evidence = {str(i.ReferencedSOPInstanceUID) for study in results.report.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+    assert evidence == {str(header.SOPInstanceUID), str(results.segmentation.SOPInstanceUID)}
+    assert len(results.key_images) == 2
+    for image in results.key_images:
+        reference = image.SourceImageSequence[0]
+        frame = int(reference.ReferencedFrameNumber)
+        assert str(reference.ReferencedSOPInstanceUID) == str(header.SOPInstanceUID)
+        assert [float(v) for v in image.ImagePositionPatient] == source_positions[frame - 1]
+
+
+def test_multiframe_sources_over_several_files_or_frames_out_of_range_are_clear_errors(phantom_series, tmp_path):
+    phantom, folder, volume = phantom_series
+    mf_volume, _ = multiframe_source(folder, volume, tmp_path / "mf")
+    shutil.copy(tmp_path / "mf" / "mf.dcm", tmp_path / "mf" / "mf2.dcm")
+    two_files = dataclasses.replace(mf_volume, source_names=("mf.dcm",) * (N - 1) + ("mf2.dcm",))
+    with pytest.raises(SourceHeaderError, match=r"frames of 2 files \(mf.dcm, mf2.dcm\); DICOM SEG/SR support one"):
+        dicom_results_for(tmp_path / "mf", two_files, answer(phantom))
+    beyond = dataclasses.replace(mf_volume, source_frames=(N + 1,) + mf_volume.source_frames[1:])
+    with pytest.raises(SourceHeaderError, match=rf"mf.dcm: source frame {N + 1}; expected 1..{N} "
+                                                r"\(Number of Frames \(0028,0008\)\)"):
+        dicom_results_for(tmp_path / "mf", beyond, answer(phantom))
+    single = dataclasses.replace(volume, source_frames=tuple(range(1, N + 1)))
+    with pytest.raises(SourceHeaderError, match=r"frames of 24 files"):
+        dicom_results_for(folder, single, answer(phantom))
+    broken = pydicom.dcmread(tmp_path / "mf" / "mf.dcm")
+    frame = mf_volume.source_frames[3]
+    del broken.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence
+    (tmp_path / "broken").mkdir()
+    broken.save_as(tmp_path / "broken" / "mf.dcm", enforce_file_format=True)
+    with pytest.raises(SourceHeaderError, match=rf"mf.dcm: frame {frame}: no PlanePositionSequence \(0020,9113\)"):
+        dicom_results_for(tmp_path / "broken", mf_volume, answer(phantom))
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) not installed")
+def test_prone_and_multiframe_seg_pass_dciodvfy_without_errors(phantom_series, tmp_path):
+    phantom, folder, volume = phantom_series
+    patient, oriented_result = oriented_phantom(phantom)
+    prone, _ = write_oriented_series(patient, tmp_path / "HFP", "HFP")
+    mf_volume, _ = multiframe_source(folder, volume, tmp_path / "mf")
+    cases = {"prone": (tmp_path / "HFP", prone, oriented_result), "mf": (tmp_path / "mf", mf_volume, answer(phantom))}
+    for name, (source, case_volume, result) in cases.items():
+        paths = write_dicom_results(dicom_results_for(source, case_volume, result), tmp_path / "out", name)
+        for path in paths:
+            run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+            errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+            assert errors == [], f"{path.name}: {errors}"
+
+
+# ---------------------------------------------------------------------- warnings
+def test_sr_carries_the_assessment_warnings_beside_the_reasons(phantom_series):
+    phantom, folder, volume = phantom_series
+    warnings = (Reason("partial_coverage", "lung bases 12 mm outside the scan"),)
+    result = answer(phantom, assessment=Assessment(assessable=True, warnings=warnings))
+    values = report_values(dicom_results_for(folder, volume, result).report)
+    assert values["verdict"] == "positive" and values["reason_codes"] == []
+    assert values["warning_codes"] == ["partial_coverage"]
+    assert values["warning_messages"] == ["partial_coverage: lung bases 12 mm outside the scan"]
+    plain = report_values(dicom_results_for(folder, volume, answer(phantom)).report)
+    assert plain["warning_codes"] == [] and plain["warning_messages"] == []

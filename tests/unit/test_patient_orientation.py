@@ -124,3 +124,26 @@ def test_tilted_series_is_refused_and_small_rotation_read(tmp_path, chest):
     assert read_series(tmp_path, config=ReaderConfig(max_oblique_deg=12.0)).num_slices == chest.num_slices
     with pytest.raises(ConfigError, match="max_oblique_deg=50"):
         ReaderConfig(max_oblique_deg=50)
+
+
+def test_anatomy_that_contradicts_its_header_is_an_orientation_reason(tmp_path):
+    """Pixels stored supine under a prone header: read as the header says, the spine ends
+    up anterior, and the assessment names the orientation (it never answers on it)."""
+    from preprocessing.assessment import assess
+    from preprocessing.config import AssessmentConfig, LungSegmentationConfig
+    from preprocessing.lung_segmentation import segment_lungs
+
+    chest = make_phantom(50, size=96, covid=False, seed=4).volume
+    for path in write_dicom_series(chest, tmp_path):
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = list(source_orientation("HFP"))
+        ds.PatientPosition = "HFP"
+        ds.save_as(path)
+    volume = read_series(tmp_path)
+    assert np.array_equal(volume.hu, chest.hu[:, ::-1, ::-1])
+    seg = segment_lungs(volume.hu, volume.spacing_mm, LungSegmentationConfig())
+    result = assess(seg, volume.hu, volume.spacing_mm, AssessmentConfig())
+    assert "orientation" in result.codes
+    truthful = assess(segment_lungs(chest.hu, chest.spacing_mm, LungSegmentationConfig()), chest.hu,
+                      chest.spacing_mm, AssessmentConfig())
+    assert "orientation" not in truthful.codes

@@ -3,6 +3,8 @@ outside the lungs leaves the answer and the whole-lung figures as they were."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,8 @@ def test_ten_missing_slices_inside_the_lungs_are_not_assessable(chest):
     z = volume.spacing_mm[0]
     start, end = volume.positions_mm[middle - 1], volume.positions_mm[middle + 10]
     assert len(gap) == 1
-    assert f"between {start:.4g} and {end:.4g} mm ({end - start:.3g} mm, about 10 slices of {z:.3g} mm)" in gap[0].message
+    where = f"between {start:.4g} and {end:.4g} mm ({end - start:.3g} mm, about 10 slices of {z:.3g} mm)"
+    assert where in gap[0].message
     assert result.measurements["slice_gaps"] == 1.0
     assert result.measurements["largest_gap_mm"] == pytest.approx(11 * z)
 
@@ -79,3 +82,18 @@ def test_positions_tensor_is_validated():
         validate_positions(np.array([2, 1, 5], np.float32), 3)
     with pytest.raises(TensorInputError, match=r"got dtype float64 \[3\]; expected float32"):
         validate_positions(np.array([0, 1, 2], np.float64), 3)
+
+
+def test_drop_slices_keeps_positions_and_names(chest):
+    from covidct.errors import ConfigError
+    from preprocessing.synthetic.case_transforms import drop_slices
+
+    volume, _ = chest
+    named = dataclasses.replace(volume, source_names=tuple(f"IM{i:04d}" for i in range(volume.num_slices)))
+    dropped = drop_slices(named, 20, 10)
+    assert dropped.num_slices == volume.num_slices - 10
+    assert np.array_equal(dropped.hu[20], volume.hu[30])
+    assert dropped.positions_mm[20] - dropped.positions_mm[19] == pytest.approx(11 * volume.spacing_mm[0])
+    assert dropped.source_names[19:21] == ("IM0019", "IM0030")
+    with pytest.raises(ConfigError, match=r"drop_slices: start=0, count=3; expected 1 <= start"):
+        drop_slices(volume, 0, 3)
