@@ -26,7 +26,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import BinaryIO
 
 import pydicom
@@ -331,11 +331,7 @@ def _classify_dataset(
         except FrameTableError as exc:
             return SkippedFile(ref.name, exc.reason, exc.kind, label)
         slices = tuple(
-            replace(
-                common, ref=replace(ref, frame=v.frame), frame=v.frame, orientation=v.orientation,
-                position=v.position, slice_location=v.slice_location, pixel_spacing=v.pixel_spacing,
-                slice_thickness=v.slice_thickness, intercept=v.intercept, slope=v.slope,
-            )
+            replace(common, ref=replace(ref, frame=v.frame), **asdict(v))  # FrameValues: SliceHeader fields
             for v in values
         )
     for h in slices:
