@@ -134,7 +134,6 @@ def _measure(seg: LungSegmentation, spacing: tuple[float, ...]) -> dict[str, flo
         "lung_volume_ml": seg.lung_volume_ml, "right_lung_ml": seg.right_volume_ml,
         "left_lung_ml": seg.left_volume_ml, "lung_threshold_hu": seg.lung_threshold_hu,
         "lung_slices": float(slices.size),
-        "lung_extent_mm": float((slices[-1] - slices[0] + 1) * dz) if slices.size else 0.0,
         "first_slice_area_fraction": float(area[0] / peak) if peak > 0 else 0.0,
         "last_slice_area_fraction": float(area[-1] / peak) if peak > 0 else 0.0,
         "max_lung_area_mm2": peak,
@@ -249,8 +248,7 @@ def _gaps(
     m["slice_gaps"] = float(len(gaps))
     m["largest_gap_mm"] = max((g.width_mm for g in gaps), default=0.0)
     slices = seg.lung_slices
-    if slices.size and math.isfinite(dz):
-        m["lung_extent_mm"] = float(positions[slices[-1]] - positions[slices[0]] + dz)
+    m["lung_extent_mm"] = float(positions[slices[-1]] - positions[slices[0]] + dz) if slices.size else 0.0
     return gaps_at_lung(gaps, seg.lung_area_mm2)
 
 
