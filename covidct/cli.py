@@ -21,6 +21,7 @@ from covidct.supervisor import SupervisedServer, SupervisorConfig
 from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, MIB, GrpcTls, ServerConfig
 
 ADMIN_KEY_ENV = "COVIDCT_ADMIN_KEY"
+CACHE_ENV = "COVIDCT_CACHE_DIR"
 
 log = logging.getLogger("covidct")
 
@@ -32,7 +33,9 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         description="Start the pip-installed Triton server (make setup) on a model repository, "
         "print its gRPC/HTTP/metrics addresses and run until Ctrl-C.",
     )
-    serve.add_argument("--model-repository", type=Path, required=True, help="Triton model repository folder")
+    serve.add_argument("--model-repository", type=Path, default=None,
+                       help="Triton model repository folder (default: the shipped networks, exported once into "
+                            f"${CACHE_ENV} or ~/.cache/covidct-triton)")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = pick a free one)")
     serve.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = pick a free one)")
     serve.add_argument("--metrics-port", type=int, default=8002, help="metrics port (0 = pick a free one)")
@@ -90,10 +93,11 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     defaults = DemoConfig()
     demo = subparsers.add_parser(
         "demo",
-        help="synthetic patients -> train demo models -> export -> Triton -> verdicts",
-        description="End-to-end demo on CPU: synthetic CT patients, small demo models, "
-        "the portable model repository, a local Triton server, one gRPC request per patient. "
-        "Adds one real series when COVIDCT_DATA_DIR points to the COVID-CT-MD samples.",
+        help="synthetic and real series -> the shipped networks -> export -> Triton -> verdicts",
+        description="End-to-end demo on CPU: synthetic CT phantoms (labelled as such), the shipped networks "
+        "trained on public real chest CT (or, with --demo-models, small phantom-trained demo models), the "
+        "portable model repository, a local Triton server, one gRPC request per series. Adds the real "
+        "series when COVIDCT_DATA_DIR points to the COVID-CT-MD samples.",
     )
     demo.add_argument("--output", type=Path, default=Path(defaults.output_dir), help="output folder")
     demo.add_argument(
@@ -105,7 +109,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--size", type=int, default=defaults.size, help="synthetic slice size (pixels)")
     demo.add_argument("--seed", type=int, default=defaults.seed)
-    demo.add_argument("--quick", action="store_true", help="train the demo models in quick mode")
+    demo.add_argument("--demo-models", action="store_true",
+                      help="serve small demo models trained here on the phantom instead of the shipped networks")
+    demo.add_argument("--quick", action="store_true", help="train the demo models in quick mode (--demo-models)")
     demo.add_argument("--no-real", action="store_true", help="skip the real series even if COVIDCT_DATA_DIR is set")
 
 
@@ -144,7 +150,29 @@ def grpc_tls(args: argparse.Namespace) -> GrpcTls | None:
     return GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, root_cert=ca, mutual=ca is not None)
 
 
+def shipped_repository(cache_dir: Path | None = None) -> Path:
+    """The portable repository of the shipped checkpoints, exported once per pair of weights.
+
+    Kept in ``cache_dir`` (default ``$COVIDCT_CACHE_DIR``, else ``~/.cache/covidct-triton``)
+    under the first 12 hex digits of both weights' SHA-256, so new weights export anew.
+    """
+    from export.repository import build_repository
+    from training.model_card import file_sha256
+    from training.shipped import shipped_checkpoint
+
+    checkpoints = {role: shipped_checkpoint(role) for role in ("classifier", "segmenter")}
+    key = "-".join(file_sha256(p / "weights.pt")[:12] for p in checkpoints.values())
+    root = cache_dir or Path(os.environ.get(CACHE_ENV, "") or Path.home() / ".cache" / "covidct-triton")
+    repository = root / f"shipped-{key}" / "model_repository"
+    if not (repository / ENSEMBLE / "config.pbtxt").is_file():
+        print(f"exporting the shipped networks into {repository} (once)", flush=True)
+        build_repository(checkpoints["classifier"], checkpoints["segmenter"], repository, profile="portable")
+    return repository
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    if args.model_repository is None:
+        args.model_repository = shipped_repository()
     config = ServerConfig(
         address=args.address,
         admin_key=admin_key(args.admin_key_file),
@@ -214,6 +242,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         slice_counts=tuple(args.slices),
         size=args.size,
         seed=args.seed,
+        models="demo" if args.demo_models else "shipped",
         quick=args.quick,
         include_real=not args.no_real,
     )

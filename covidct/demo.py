@@ -1,15 +1,20 @@
 """``covidct demo``: the whole bundle end to end on a CPU in a few minutes.
 
-1. synthetic chest CT patients (positive and negative, different slice counts);
-2. the small demo models (:func:`training.demo_models.train_demo_models`);
+1. synthetic chest CT patients (phantoms with and without COVID-like lesions);
+2. the networks: by default the shipped ones trained on public real chest CT
+   (:mod:`training.shipped`); with ``models="demo"`` (``covidct demo --demo-models``) the
+   small phantom-trained demo models (:func:`training.demo_models.train_demo_models`);
 3. the ``portable`` model repository (:func:`export.repository.build_repository`);
 4. a local Triton server (:class:`covidct.triton_server.TritonServer`);
 5. one gRPC request per patient (:func:`client.submit.submit`), the client's table of
-   answers (positive / negative / not assessable, marked as coming from demo models);
+   answers (positive / negative / not assessable, with the model card's warning);
 6. ``demo_config.json`` (resolved settings) and ``results.json`` in the output folder.
 
-With ``COVIDCT_DATA_DIR`` pointing at the COVID-CT-MD samples, the real series
-``P002`` (JPEG Lossless DICOM) is sent as well.
+Synthetic phantoms are labelled as such: the shipped networks never saw a phantom, and
+their answer on one tests the plumbing, never the networks (the demo says so and counts
+no phantom "correct" for them). With ``COVIDCT_DATA_DIR`` pointing at the COVID-CT-MD
+samples, the real series (``real_series``: COVID-19, CAP and normal) are sent as well,
+and their answers are compared with the radiologists' diagnosis.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from covidct.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "COVIDCT_DATA_DIR"
@@ -32,8 +39,10 @@ DATA_DIR_ENV = "COVIDCT_DATA_DIR"
 class DemoConfig:
     """Demo settings.
 
-    slice_counts: one synthetic patient per entry; even positions are COVID-19
-        positive, odd positions negative. size: slice size in pixels (square).
+    slice_counts: one synthetic patient per entry; even positions carry COVID-like
+        lesions, odd positions none. size: slice size in pixels (square).
+    models: ``"shipped"`` (networks trained on real chest CT, :mod:`training.shipped`) or
+        ``"demo"`` (phantom-trained demo models, trained here in about a minute).
     quick: train the demo models in their quick mode (tests; lower accuracy).
     include_real: also send ``real_series`` from ``$COVIDCT_DATA_DIR`` when it is set.
     """
@@ -42,9 +51,10 @@ class DemoConfig:
     slice_counts: tuple[int, ...] = (35, 60, 120, 150)
     size: int = 512
     seed: int = 0
+    models: str = "shipped"
     quick: bool = False
     include_real: bool = True
-    real_series: str = "P002"
+    real_series: tuple[str, ...] = ("P002", "cap002", "normal002")
     request_timeout_s: float = 600.0
     server_startup_timeout_s: float = 300.0
 
@@ -69,7 +79,7 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[DemoCase]
     for i, num_slices in enumerate(tqdm(config.slice_counts, desc="synthetic patients", disable=not progress)):
         covid = i % 2 == 0
         phantom = make_phantom(num_slices, size=config.size, covid=covid, seed=config.seed + i)
-        label = "COVID-19" if covid else "normal"
+        label = "synthetic phantom with lesions" if covid else "synthetic phantom without lesions"
         cases.append(DemoCase(f"synthetic-{i + 1:02d}", label, phantom.volume, covid))
     return cases
 
@@ -101,23 +111,32 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[s
     from export.config import RepositoryOptions
     from export.repository import build_repository
     from training.demo_models import train_demo_models
+    from training.shipped import shipped_checkpoint
 
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
+    if config.models not in ("shipped", "demo"):
+        raise ConfigError(f"DemoConfig.models={config.models!r}; expected 'shipped' or 'demo'")
     cases = _timed("synthetic patients", timings, lambda: synthetic_cases(config, progress))
     data_dir = os.environ.get(DATA_DIR_ENV, "")
-    if config.include_real and data_dir and (Path(data_dir) / config.real_series).is_dir():
-        real = _timed(f"read {config.real_series}", timings, lambda: real_case(Path(data_dir), config.real_series))
-        cases.append(real)
+    real_names = [name for name in config.real_series if data_dir and (Path(data_dir) / name).is_dir()]
+    if config.include_real and real_names:
+        for name in real_names:
+            cases.append(_timed(f"read {name}", timings, lambda name=name: real_case(Path(data_dir), name)))
     elif config.include_real:
-        print(f"[demo] {DATA_DIR_ENV} not set or without {config.real_series}: synthetic patients only")
+        print(f"[demo] {DATA_DIR_ENV} not set or without {', '.join(config.real_series)}: synthetic inputs only")
 
-    checkpoints = _timed(
-        "train demo models", timings,
-        lambda: train_demo_models(out / "checkpoints", seed=config.seed, quick=config.quick, progress=progress),
-    )
+    if config.models == "demo":
+        checkpoints = _timed(
+            "train demo models", timings,
+            lambda: train_demo_models(out / "checkpoints", seed=config.seed, quick=config.quick, progress=progress),
+        )
+    else:
+        checkpoints = {role: shipped_checkpoint(role) for role in ("classifier", "segmenter")}
+        print(f"[demo] networks: the shipped checkpoints ({checkpoints['classifier'].parent}), trained on public "
+              f"real chest CT; research use only", flush=True)
     repository = _timed(
         "export portable repository", timings,
         lambda: build_repository(
@@ -148,8 +167,18 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[s
     print(format_table(outcomes))
     synthetic = [(c, o) for c, o in zip(cases, outcomes)
                  if c.truth_positive is not None and c.name.startswith("synthetic")]
+    real = [(c, o) for c, o in zip(cases, outcomes) if c.name.startswith("real-") and c.truth_positive is not None]
     correct = sum(o.result.assessable and o.result.positive == c.truth_positive for c, o in synthetic)
-    print(f"\nsynthetic patients correct: {correct}/{len(synthetic)}; results in {out / 'results.json'}")
+    real_correct = sum(o.result.assessable and o.result.positive == c.truth_positive for c, o in real)
+    if config.models == "demo":
+        print(f"\nsynthetic patients correct: {correct}/{len(synthetic)} (demo models trained on the phantom)")
+    else:
+        print("\nSynthetic inputs are phantoms, not patients: the shipped networks never saw one, so their answers "
+              "on them check the plumbing (reading, lung mask, trust checks, DICOM), not the networks.")
+    if real:
+        print(f"real series answered as their diagnosis (COVID-19 positive, others negative): "
+              f"{real_correct}/{len(real)}")
+    print(f"results in {out / 'results.json'}")
 
     resolved = {
         "demo": asdict(config),
@@ -162,8 +191,11 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[s
     results = {
         "report": report_dict(outcomes, url=server.grpc_url, model="covid_ct_pipeline"),
         "truth": {c.name: c.truth for c in cases},
-        "synthetic_correct": correct,
+        "models": config.models,
+        "synthetic_correct": correct if config.models == "demo" else None,
         "synthetic_total": len(synthetic),
+        "real_correct": real_correct,
+        "real_total": len(real),
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -33,6 +33,7 @@ Layout::
     +-- ConfigError (ValueError)           a config or checkpoint does not fit
     |   +-- CheckpointError
     +-- DatasetError (ValueError)          training data layout problems
+    |   +-- GrayMapError                   an 8-bit image's gray-to-HU map cannot be estimated
     +-- ExportError                        export / repository generation failed
     |   +-- ParityError                    exported model disagrees with torch
     |   +-- TensorRTUnavailableError       TensorRT is not installed here
@@ -165,6 +166,10 @@ class CheckpointError(ConfigError):
 
 class DatasetError(CovidCTError, ValueError):
     """A training/evaluation data set has a layout or label problem."""
+
+
+class GrayMapError(DatasetError):
+    """An 8-bit windowed image whose gray-to-HU map cannot be estimated from its own content."""
 
 
 # ---------------------------------------------------------------------------- export

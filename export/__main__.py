@@ -2,6 +2,7 @@
 
 Usage::
 
+    python -m export --out build/model_repository      # the shipped real-data networks
     python -m export --classifier runs/cnn6/best --segmenter runs/unet/best \\
         --profile portable --out demo_output/model_repository
     python -m export --classifier C --segmenter S --profile container --out repo \\
@@ -37,8 +38,10 @@ def _parse_plans(items: Sequence[str]) -> dict[str, Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description="Checkpoints -> Triton model repository.")
-    p.add_argument("--classifier", required=True, type=Path, help="classifier checkpoint folder")
-    p.add_argument("--segmenter", required=True, type=Path, help="segmenter checkpoint folder")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="classifier checkpoint folder (default: the shipped one, training/shipped/classifier)")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="segmenter checkpoint folder (default: the shipped one, training/shipped/segmenter)")
     p.add_argument("--profile", choices=PROFILES, default="portable")
     p.add_argument("--out", required=True, type=Path, help="output repository folder")
     p.add_argument("--plan", action="append", default=[], metavar="MODEL=PATH",
@@ -95,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_slices=args.warmup_slices,
             overwrite=args.overwrite,
         )
+        from training.shipped import shipped_checkpoint
+
+        classifier = args.classifier or shipped_checkpoint("classifier")
+        segmenter = args.segmenter or shipped_checkpoint("segmenter")
         extra = {} if args.source is None else {"source": args.source}
         with tqdm(total=len(STEPS), desc="export", unit="step") as bar:
             def progress(step: str) -> None:
@@ -102,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar.update(1)
 
             report = generate_repository(
-                args.classifier, args.segmenter, args.out, args.profile,
+                classifier, segmenter, args.out, args.profile,
                 plans=plans, options=options, progress=progress, **extra,
             )
     except CovidCTError as exc:

@@ -36,6 +36,8 @@ files, no weights). :func:`generate_repository`:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -140,6 +142,18 @@ def check_pipeline_compatible(classifier: _Checkpoint, segmenter: _Checkpoint) -
                 f"from the deployed {classifier.directory / PIPELINE_CONFIG_FILENAME}: {getattr(p, name)}"
             )
     check_pipeline_matches(segmenter.model_config, p, str(classifier.directory / PIPELINE_CONFIG_FILENAME))
+
+
+def deployed_pipeline(classifier: _Checkpoint, segmenter: _Checkpoint):
+    """The served pipeline config: the classifier's, with the segmenter's own infection threshold.
+
+    Each threshold travels with the network it was chosen for: ``vote.slice_threshold`` and
+    ``vote.positive_fraction`` with the classifier, ``vote.infection_threshold`` (the lesion
+    burden's pixel threshold) with the segmenter.
+    """
+    p = classifier.pipeline_config
+    threshold = segmenter.pipeline_config.vote.infection_threshold
+    return dataclasses.replace(p, vote=dataclasses.replace(p.vote, infection_threshold=threshold))
 
 
 def _header(model_dir: Path, profile: str) -> str:
@@ -318,7 +332,7 @@ def generate_repository(
             rows.append(row)
             versions.append(entry)
             report_step(model)
-        _configure_python_models(tmp, ckpts["classifier"].pipeline_config, versions, profile,
+        _configure_python_models(tmp, deployed_pipeline(ckpts["classifier"], ckpts["segmenter"]), versions, profile,
                                  model_cards_document(ckpts), gpu=options.gpu or profile == "container")
         report_step("configs")
         check_repository(tmp)

@@ -22,7 +22,11 @@ from torch.nn import functional as F
 @dataclass(frozen=True)
 class AugmentConfig:
     """Augmentation ranges. ``rotation_deg``: uniform in [-r, r]; ``zoom``: scale in
-    [1 - z, 1 + z]; ``shift``: translation in [-s, s] of the side; flips with p = 0.5."""
+    [1 - z, 1 + z]; ``shift``: translation in [-s, s] of the side; flips with p = 0.5.
+    ``intensity`` (ours, 0 = off): the windowed image channel gets a contrast factor in
+    [1 - i, 1 + i] about 0.5 and an offset in [-i/2, i/2], clipped to [0, 1] (for a 1400 HU
+    window, i = 0.1 shifts by up to 70 HU): robustness to estimated gray-to-HU maps and to
+    scanners' calibration."""
 
     enabled: bool = True
     hflip: bool = True
@@ -30,6 +34,7 @@ class AugmentConfig:
     rotation_deg: float = 180.0
     zoom: float = 0.05
     shift: float = 0.05
+    intensity: float = 0.0
 
 
 PAPER002_AUGMENT = AugmentConfig(rotation_deg=180.0, zoom=0.05, shift=0.05)
@@ -78,6 +83,12 @@ def augment_batch(
         images = torch.where(sel[:, None, None, None], images.flip(-2), images)
         if masks is not None:
             masks = torch.where(sel[:, None, None, None], masks.flip(-2), masks)
+    if cfg.intensity > 0:
+        u = torch.rand(b, 2, generator=generator).to(device=device, dtype=images.dtype)
+        contrast = 1.0 + (u[:, 0] * 2 - 1) * cfg.intensity
+        offset = (u[:, 1] * 2 - 1) * cfg.intensity / 2
+        image = ((images[:, :1] - 0.5) * contrast[:, None, None, None] + 0.5 + offset[:, None, None, None]).clamp(0, 1)
+        images = torch.cat([image, images[:, 1:]], dim=1)
     if cfg.rotation_deg == 0 and cfg.zoom == 0 and cfg.shift == 0:
         return images, masks
     theta = random_affine_matrices(b, cfg, generator, device).to(images.dtype)

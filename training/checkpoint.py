@@ -13,6 +13,7 @@ does (:func:`training.model_card.load_model_card`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,13 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: {exc}") from exc
     check_pipeline_matches(model_cfg, pipeline, str(path))
     try:
-        model = create_model_from_config(model_cfg)
+        # the saved weights replace any initialisation: never load ImageNet weights here (the
+        # serving machine need not have them), yet the model keeps the config it was saved with
+        build_cfg = model_cfg
+        if model_cfg.extra.get("imagenet_init"):
+            build_cfg = dataclasses.replace(model_cfg, extra={**model_cfg.extra, "imagenet_init": False})
+        model = create_model_from_config(build_cfg)
+        model.model_config = model_cfg
     except ConfigError as exc:
         raise CheckpointError(f"{path / MODEL_CONFIG_FILENAME}: {exc}") from exc
     try:

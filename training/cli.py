@@ -46,6 +46,7 @@ DATA_KEYS = {
     "data": "kind", "data_path": "path", "phantom_patients": "phantom_patients",
     "phantom_slices": "phantom_slices", "phantom_size": "phantom_size",
     "insertion_copies": "insertion_copies", "seg_target": "seg_target", "label_rule": "label_rule",
+    "transform": "transform", "train_set": "train_sets", "validation_set": "validation_sets",
 }
 
 
@@ -67,6 +68,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seg-target", choices=("infection", "lung"))
     p.add_argument("--label-rule", choices=sorted(LABEL_RULES),
                    help="dicom-csv: diagnosis + infected -> slice labels (default covid-vs-rest)")
+    p.add_argument("--transform", help="image kinds: stored image -> patient frame (none, rot90, transpose, ...)")
+    p.add_argument("--train-set", action="append", default=None, metavar="KIND:PATH[:TRANSFORM]",
+                   help="data kind 'sets': a training set under --data-path (repeatable)")
+    p.add_argument("--validation-set", action="append", default=None, metavar="KIND:PATH[:TRANSFORM]",
+                   help="data kind 'sets': a validation set under --data-path, never trained on (repeatable)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -161,7 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = config_from_args(args)
-        if args.command == "train":
+        if args.command == "train" and cfg.data.kind == "sets":
+            from training.recipes import run_sets
+
+            report = run_sets(cfg, args.out, progress=not args.quiet)
+            summary = {k: report.get(k) for k in ("method", "validation_per_set", "thresholds", "dice",
+                                                  "median_image_dice", "run_info")}
+            summary["checkpoint"] = str(args.out)
+        elif args.command == "train":
             result = run.run_training(cfg, args.out, resume=args.resume, progress=not args.quiet)
             summary: dict[str, Any] = {"checkpoint": str(result.checkpoint), "last_epoch": result.history[-1]
                                        if result.history else None}

@@ -16,7 +16,9 @@ from training.augment import AugmentConfig
 from training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
 
 TRAIN_CONFIG_FILENAME = "train_config.json"
-DATA_KINDS = ("phantom", "lesion-insertion", "dicom-csv", "tiff", "nifti")
+#: Sources of one layout each, and ``sets``: several of them under one data root (recipes).
+IMAGE_KINDS = ("mosmed-slices", "sars-cov-2-ct", "infection-masks")
+DATA_KINDS = ("phantom", "lesion-insertion", "dicom-csv", "tiff", "nifti", *IMAGE_KINDS, "sets")
 OPTIMIZERS = ("adam", "nadam")
 TRAIN_SLICES = ("selected", "all")
 
@@ -29,7 +31,16 @@ class DataConfig:
     ``path`` + inserted lesions), ``dicom-csv`` (COVID-CT-MD layout: ``path/labels.csv``
     + one DICOM folder per patient), ``tiff`` (COVID-CTset: ``path/<class>/<patient>/``
     16-bit TIFF), ``nifti`` (``path/images``, ``path/infection_masks``, optional
-    ``path/lung_masks``; files paired by name).
+    ``path/lung_masks``; files paired by name); the 8-bit image layouts of
+    :mod:`training.image_sources`: ``mosmed-slices`` and ``sars-cov-2-ct`` (``labels.csv`` with
+    ``file,label``), ``infection-masks`` (``images/`` + ``masks/``); ``sets``: several
+    sources under the data root ``path`` (``train_sets`` / ``validation_sets``).
+    transform: how the stored images of an image kind turn into the patient frame
+    (:data:`training.image_sources.TRANSFORMS`: ``none``, ``rot90``, ``transpose``, ...).
+    train_sets / validation_sets (kind ``sets``): ``"KIND:PATH[:TRANSFORM]"`` entries, PATH
+    relative to ``path``. Classifiers: with no validation set, each training set is held
+    out in turn (leave-one-source-out) and the final network trains on all of them;
+    segmenters validate on ``validation_sets`` (never trained on).
     phantom_*: synthetic patients (half positive), slices per patient, slice side (px).
     insertion_copies: lesion-inserted copies per normal series (plus the normal itself).
     seg_target: segmenter target mask, ``infection`` or ``lung``.
@@ -46,6 +57,9 @@ class DataConfig:
     insertion_copies: int = 4
     seg_target: str = "infection"
     label_rule: str = DEFAULT_LABEL_RULE
+    transform: str = "none"
+    train_sets: tuple[str, ...] = ()
+    validation_sets: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -172,6 +186,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "cnn6", "input_size": 128, "model_options": {"dropout": 0.2}, "optimizer": "adam",
         "lr": 1e-3, "lr_schedule": "cosine", "loss": "bce", "epochs": 8, "batch_size": 16,
         "augment": {"vflip": False, "rotation_deg": 10.0, "zoom": 0.05, "shift": 0.05},
+    },
+    # The shipped classifier (ours): ImageNet-initialised EfficientNet-Lite0 on lung-cropped
+    # slices of real chest CT (MosMed full slices, Sao Paulo thorax crops), 8-bit images mapped
+    # to HU per image; validated leave-one-source-out, then trained on both.
+    # python -m training train --preset real-classifier --data-path ../shared/data --out DIR
+    "real-classifier": {
+        "model": "efficientnet_lite0", "input_size": 224, "lung_crop": True, "optimizer": "adam",
+        "lr": 3e-4, "weight_decay": 1e-5, "lr_schedule": "cosine", "loss": "bce", "epochs": 4, "batch_size": 16,
+        "train_slices": "all",
+        "augment": {"hflip": True, "vflip": False, "rotation_deg": 10.0, "zoom": 0.1, "shift": 0.05},
+        "data": {"kind": "sets", "train_sets": ["mosmed-slices:mosmed-slices", "sars-cov-2-ct:sars-cov-2-ct"]},
+    },
+    # The shipped segmenter (ours): U-Net over an ImageNet-initialised EfficientNet-Lite0 encoder,
+    # trained on 20 volumes' pseudo masks, validated on 50 radiologist-masked MedSeg slices.
+    # Both folders are stored a quarter turn off the patient frame (pseudo: rot90, doctor: transpose).
+    "real-segmenter": {
+        "model": "unet_lite0", "input_size": 256, "optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5,
+        "lr_schedule": "cosine", "loss": "bce_dice", "epochs": 4, "batch_size": 8, "train_slices": "all",
+        "empty_slice_fraction": 0.3,
+        "augment": {"hflip": True, "vflip": False, "rotation_deg": 10.0, "zoom": 0.4, "shift": 0.1},
+        "data": {"kind": "sets", "train_sets": ["infection-masks:infection-masks/pseudo:rot90"],
+                 "validation_sets": ["infection-masks:infection-masks/doctor:transpose"]},
     },
 }
 

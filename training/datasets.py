@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from covidct.errors import DatasetError
+from covidct.errors import DatasetError, NoOpenLungError
 from preprocessing.config import PipelineConfig
 from preprocessing.lung_masks import lung_mask
 from preprocessing.model_inputs import classifier_inputs, segmenter_inputs
@@ -73,11 +73,15 @@ def prepare_patient(
     """
     if slices not in ("selected", "all"):
         raise DatasetError(f"slices must be 'selected' or 'all'; got {slices!r}")
-    selection = select_open_lung_slices(data.hu, pipeline.selection)
     n = data.hu.shape[0]
-    indices = (
-        np.asarray(selection.indices, dtype=np.int64) if slices == "selected" else np.arange(n, dtype=np.int64)
-    )
+    try:
+        selected = np.asarray(select_open_lung_slices(data.hu, pipeline.selection).indices, dtype=np.int64)
+    except NoOpenLungError:
+        if slices == "selected":
+            raise
+        # a single 8-bit image or a crop without the paper's open-lung region: every slice is voted on
+        selected = np.arange(n, dtype=np.int64)
+    indices = selected if slices == "selected" else np.arange(n, dtype=np.int64)
     hu = data.hu[indices]
     masks = None
     if task == "classification":
@@ -109,7 +113,7 @@ def prepare_patient(
         label=int(data.label),
         num_slices=n,
         indices=indices,
-        selected=np.asarray(selection.indices, dtype=np.int32),
+        selected=selected.astype(np.int32),
         inputs=inputs.astype(np.float32, copy=False),
         slice_labels=np.asarray(data.slice_labels, np.int8)[indices],
         masks=masks,

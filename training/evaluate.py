@@ -110,6 +110,7 @@ def evaluate_classifier(
     return {
         "task": "classification",
         "slice": slice_metrics,
+        "slice_scores": {"labels": labels.astype(int).tolist(), "probs": probs.astype(float).tolist()},
         "patient": patient_metrics,
         "patients": per_patient,
         "roc_curve": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
@@ -122,25 +123,34 @@ def evaluate_segmenter(
     *,
     batch_size: int = 16,
     device: str = "cpu",
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Pooled Dice / pixel precision / recall at probability 0.5, over all prepared
-    slices and over the slices whose truth has foreground."""
+    """Pooled Dice (top-level key ``dice``) / pixel precision / recall at probability
+    ``threshold`` (the served ``vote.infection_threshold``), over all prepared slices and over
+    the slices whose truth has foreground; ``median_image_dice`` over the slices with
+    foreground in the truth or the prediction."""
     preds, truths = [], []
     per_patient = []
     for p in patients:
         if p.masks is None:
             raise DatasetError(f"patient {p.patient_id}: no target masks to evaluate a segmenter against")
         prob = predict_probabilities(model, p.inputs, batch_size=batch_size, device=device)
-        pred, truth = prob >= 0.5, p.masks >= 0.5
+        pred, truth = prob >= threshold, p.masks >= 0.5
         preds.append(pred)
         truths.append(truth)
         per_patient.append({"patient_id": p.patient_id, **segmentation_metrics(pred, truth)})
     pred = np.concatenate(preds)
     truth = np.concatenate(truths)
     positive = truth.reshape(len(truth), -1).any(axis=1)
+    per_image = [2.0 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
+                 for a, b in zip(pred, truth) if a.any() or b.any()]
+    pooled = segmentation_metrics(pred, truth)
     return {
         "task": "segmentation",
-        "all_slices": segmentation_metrics(pred, truth),
+        "threshold": float(threshold),
+        "dice": pooled["dice"],
+        "median_image_dice": float(np.median(per_image)) if per_image else math.nan,
+        "all_slices": pooled,
         "foreground_slices": segmentation_metrics(pred[positive], truth[positive]),
         "patients": per_patient,
     }
@@ -151,7 +161,8 @@ def evaluate(model: nn.Module, patients: Sequence[PreparedPatient], pipeline: Pi
     """:func:`evaluate_classifier` or :func:`evaluate_segmenter` by the model's task."""
     if model.model_config.task == "classification":
         return evaluate_classifier(model, patients, pipeline, batch_size=batch_size, device=device)
-    return evaluate_segmenter(model, patients, batch_size=batch_size, device=device)
+    return evaluate_segmenter(model, patients, batch_size=batch_size, device=device,
+                              threshold=pipeline.vote.infection_threshold)
 
 
 def finite_json(value: Any) -> Any:
@@ -179,10 +190,18 @@ def write_report(report: dict[str, Any], out_dir: str | Path,
         auc = report["slice"]["roc_auc"]
         plots.plot_roc(np.array(roc["fpr"]), np.array(roc["tpr"]), auc if auc == auc else float("nan"),
                        out / f"{prefix}roc_curve.png")
-        plots.plot_confusion(report["slice"], out / f"{prefix}confusion_slices.png", "slices (threshold 0.5)")
-        vote = report["patient"]["pipeline"]
-        plots.plot_confusion(vote, out / f"{prefix}confusion_patients.png",
-                             f"patients (vote >= {vote['vote_fraction']:.0%})")
+        threshold = report["slice"].get("threshold", 0.5)
+        plots.plot_confusion(report["slice"], out / f"{prefix}confusion_slices.png",
+                             f"slices (threshold {threshold:.2f})")
+        if "slice_scores" in report:
+            scores = report.pop("slice_scores")
+            if len(set(scores["labels"])) == 2:
+                report["reliability"] = plots.plot_reliability(np.array(scores["labels"]), np.array(scores["probs"]),
+                                                               out / f"{prefix}reliability.png")
+        if "patient" in report:
+            vote = report["patient"]["pipeline"]
+            plots.plot_confusion(vote, out / f"{prefix}confusion_patients.png",
+                                 f"patients (vote >= {vote['vote_fraction']:.0%})")
     if history:
         plots.plot_training_curves(history, out / f"{prefix}training_curves.png")
     path = out / f"{prefix}{REPORT_FILENAME}"

@@ -1,4 +1,4 @@
-"""Evaluation metrics in numpy (no scikit-learn).
+"""Evaluation metrics in numpy; ROC AUC and the ROC curve from scikit-learn.
 
 Binary classification: labels {0, 1} ``[N]``, scores (probabilities) ``[N]``.
 Segmentation: predicted and true masks as bool arrays of equal shape (pixels pooled
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> dict[str, int]:
@@ -30,34 +29,36 @@ def _ratio(num: float, den: float) -> float:
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count 1/2).
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``; ties count 1/2).
 
     NaN when only one class is present.
     """
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels).astype(bool).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    ranks = rankdata(s)  # average ranks for ties
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fpr, tpr, thresholds)`` over the distinct scores, descending; starts at (0, 0)."""
+    """``(fpr, tpr, thresholds)`` over the distinct scores, descending; starts at (0, 0)
+    (scikit-learn's ``roc_curve`` without dropping intermediate points). With one class only,
+    the rates of the missing class are 0."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y = np.asarray(labels).astype(bool).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.array([], int)
-    tps = np.cumsum(y)[distinct]
-    fps = np.cumsum(~y)[distinct]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    fpr = np.r_[0.0, fps / n_neg]
-    tpr = np.r_[0.0, tps / n_pos]
-    thresholds = np.r_[np.inf, s[distinct]]
-    return fpr, tpr, thresholds
+    if y.size == 0:
+        return np.zeros(1), np.zeros(1), np.array([np.inf])
+    if y.all() or not y.any():
+        order = np.unique(s)[::-1]
+        hits = np.array([(s >= t).sum() / y.size for t in order])
+        zeros = np.zeros_like(hits)
+        fpr, tpr = (zeros, hits) if y.all() else (hits, zeros)
+        return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, order]
+    return sk_roc_curve(y, s, drop_intermediate=False)
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:

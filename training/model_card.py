@@ -6,7 +6,8 @@ ONNX file (``metadata_props`` key ``model_card``); the serving side returns the 
 with every answer, so a verdict of a demo model trained on synthetic phantoms never
 looks like the verdict of a model trained on real patients.
 
-Fields (JSON object, ``card_version`` 1):
+Fields (JSON object, ``card_version`` 2; version 1 cards, without ``datasets``,
+``limitations`` and ``licence``, still load):
 
 - ``network`` (registry name), ``task`` (``classification``/``segmentation``);
 - ``input``: ``size`` (px), ``channels``, ``hu_window`` ([min, max] HU), ``lung_crop``;
@@ -20,6 +21,9 @@ Fields (JSON object, ``card_version`` 1):
 - ``intended_use`` (a sentence), ``demo`` (true when the training data are synthetic or
   not recorded), ``warning`` (the sentence to show beside every verdict:
   :data:`DEMO_WARNING` for synthetic data);
+- ``datasets``: one entry per data set a recipe used (name, origin, licence, role
+  train/validation, images used and skipped, slices per class), or null;
+- ``limitations`` (sentences), ``licence`` (of the weights: what the data licences allow);
 - ``weights_sha256`` (hex SHA-256 of ``weights.pt``), ``created_utc`` (ISO 8601).
 
 This module imports no torch, so the serving side can read cards with it.
@@ -40,7 +44,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 from covidct.errors import CheckpointError, ConfigError
 from preprocessing.config import JsonConfig, PipelineConfig
 
-CARD_VERSION = 1
+CARD_VERSION = 2
+SUPPORTED_CARD_VERSIONS = (1, 2)
 FILENAME = "model_card.json"
 DEMO_WARNING = "Demo model trained on synthetic data; not for clinical use."
 UNRECORDED_WARNING = "Model saved without a record of its training data; not for clinical use."
@@ -68,6 +73,9 @@ LABEL_DEFINITIONS: dict[str, str] = {
         "labels, only the patient-level results are meaningful."
     ),
     "nifti": "Slice label 1 when the infection mask has a foreground pixel in the slice, else 0.",
+    "mosmed-slices": "Slice label = the study's: 1 COVID-19 (MosMed CT-1, CT-2), 0 no findings (CT-0).",
+    "sars-cov-2-ct": "Slice label = the patient's: 1 COVID-19, 0 another lung disease or none.",
+    "infection-masks": "Pixel label 1 inside the infection mask; slice label 1 when the mask has a pixel.",
     UNRECORDED_KIND: "No training data recorded.",
 }
 
@@ -143,11 +151,15 @@ class ModelCard(JsonConfig):
     warning: str = UNRECORDED_WARNING
     weights_sha256: str = ""
     created_utc: str = ""
+    datasets: list[dict[str, Any]] | None = None
+    limitations: list[str] | None = None
+    licence: str | None = None
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
-        if self.card_version != CARD_VERSION:
-            raise ConfigError(f"model card version {self.card_version!r} is not supported; expected {CARD_VERSION}")
+        if self.card_version not in SUPPORTED_CARD_VERSIONS:
+            raise ConfigError(f"model card version {self.card_version!r} is not supported; expected one of "
+                              f"{list(SUPPORTED_CARD_VERSIONS)}")
         if not self.network or self.task not in ("classification", "segmentation"):
             raise ConfigError(
                 f"model card needs a network name and a task of classification/segmentation; "

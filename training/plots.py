@@ -111,3 +111,57 @@ def plot_patient_fractions(
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_roc_sets(sets: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path,
+                  title: str = "ROC per slice, each set held out") -> Path:
+    """One ROC curve per ``(name, labels, probabilities)`` (scikit-learn's ``roc_curve``)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
+    for name, y, p in sets:
+        if len(np.unique(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"{name}: AUC {roc_auc_score(y, p):.3f} (n={len(y)})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, bins: int = 10,
+                     title: str = "reliability (calibration) per slice") -> dict[str, Any]:
+    """Reliability diagram (scikit-learn's ``calibration_curve``, uniform bins); returns the
+    curve and the expected calibration error (bin-weighted |observed - predicted|)."""
+    from sklearn.calibration import calibration_curve
+
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    counts = np.histogram(p, bins=np.linspace(0, 1, bins + 1))[0]
+    weights = counts[counts > 0] / max(len(p), 1)
+    ece = float(np.sum(weights[: len(observed)] * np.abs(observed - predicted)))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(predicted, observed, marker="o", lw=2, label=f"model (ECE {ece:.3f})")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("fraction of COVID-19 slices")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return {"predicted": predicted.tolist(), "observed": observed.tolist(), "expected_calibration_error": ece,
+            "bins": bins}

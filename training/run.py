@@ -31,7 +31,7 @@ import torch
 from covidct.errors import ConfigError, DatasetError
 from preprocessing.config import ModelInputConfig, PipelineConfig
 from training.checkpoint import WEIGHTS_FILENAME, load_checkpoint, load_training_state
-from training.config import DataConfig, TrainConfig
+from training.config import IMAGE_KINDS, DataConfig, TrainConfig
 from training.datasets import PreparedPatient, SliceDataset, prepare_cases
 from training.evaluate import REPORT_FILENAME, evaluate, finite_json, patient_fractions, pick_vote_threshold
 from training.evaluate import vote_config_with, write_report
@@ -70,7 +70,32 @@ def cases_for(data: DataConfig) -> list[PatientCase]:
         return dicom_csv_cases(data.path, label_rule=data.label_rule)
     if data.kind == "tiff":
         return tiff_cases(data.path)
+    if data.kind in IMAGE_KINDS:
+        from training.sets import SetSpec, set_cases
+
+        return set_cases(SetSpec(data.kind, Path(data.path), data.transform, Path(data.path).name))
+    if data.kind == "sets":
+        raise ConfigError("data kind 'sets' trains through a recipe run (python -m training train --preset ...)")
     return nifti_cases(data.path)
+
+
+def prepare_for(data: DataConfig, cases: Sequence[PatientCase], pipeline: PipelineConfig, task: str, *,
+                slices: str, out_dir: str | Path | None = None, progress: bool = True) -> list[PreparedPatient]:
+    """Prepare ``cases`` of ``data``; for the 8-bit image kinds, images whose gray-to-HU map
+    cannot be estimated are skipped and listed in ``out_dir/data_report.json`` (never dropped
+    silently)."""
+    if data.kind not in IMAGE_KINDS:
+        return prepare_cases(cases, pipeline, task, slices=slices, seg_target=data.seg_target, progress=progress)
+    from training.sets import SetSpec, data_report, prepare_set
+
+    spec = SetSpec(data.kind, Path(data.path or "."), data.transform, Path(data.path or ".").name)
+    prepared = prepare_set(spec, pipeline, task, slices="all", seg_target=data.seg_target, progress=progress,
+                           cases=cases)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "data_report.json").write_text(json.dumps(data_report([prepared], []), indent=2) + "\n",
+                                                        encoding="utf-8")
+    return list(prepared.patients)
 
 
 def check_label_rule(data: DataConfig, model_cfg: ModelConfig) -> None:
@@ -195,8 +220,8 @@ def run_training(
         pipeline = pipeline_for(cfg, model.model_config, base_pipeline)
     check_label_rule(cfg.data, model.model_config)
     cases = cases_for(cfg.data)
-    prepared = prepare_cases(cases, pipeline, model.model_config.task,
-                             slices=cfg.train_slices, seg_target=cfg.data.seg_target, progress=progress)
+    prepared = prepare_for(cfg.data, cases, pipeline, model.model_config.task, slices=cfg.train_slices,
+                           out_dir=out_dir, progress=progress)
     return train_on_prepared(cfg, prepared, pipeline, out_dir, model=model, state=state, progress=progress,
                              diagnoses={c.patient_id: c.diagnosis for c in cases})
 
@@ -217,8 +242,8 @@ def run_crossval(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True
     model = model_for(cfg)
     pipeline = pipeline_for(cfg, model.model_config)
     check_label_rule(cfg.data, model.model_config)
-    prepared = prepare_cases(cases_for(cfg.data), pipeline, model.model_config.task,
-                             slices=cfg.train_slices, seg_target=cfg.data.seg_target, progress=progress)
+    prepared = prepare_for(cfg.data, cases_for(cfg.data), pipeline, model.model_config.task,
+                           slices=cfg.train_slices, out_dir=out, progress=progress)
     folds = []
     for f in range(cfg.folds):
         fcfg = dataclasses.replace(cfg, fold=f)
@@ -299,8 +324,8 @@ def run_kfold(
     pipeline = pipeline_for(cfg, base_model.model_config)
     cases = cases_for(cfg.data)
     diagnoses = {c.patient_id: c.diagnosis for c in cases}
-    prepared = prepare_cases(cases, pipeline, "classification", slices=cfg.train_slices,
-                             seg_target=cfg.data.seg_target, progress=progress)
+    prepared = prepare_for(cfg.data, cases, pipeline, "classification", slices=cfg.train_slices, out_dir=out,
+                           progress=progress)
     groups = sorted({p.group_id for p in prepared})
     k = len(groups) if leave_one_out else int(folds or cfg.folds)
     if k < 2:
@@ -396,9 +421,27 @@ def evaluate_checkpoint(
     check_label_rule(data, mcfg)
     if pick_threshold:
         load_model_card(checkpoint)  # fail before the evaluation when there is no card
-    prepared = prepare_cases(cases_for(data), pipeline, mcfg.task, slices=slices,
-                             seg_target=data.seg_target, progress=progress)
+    skipped: list[dict[str, str]] = []
+    if data.kind in IMAGE_KINDS:
+        if pick_threshold:
+            raise ConfigError(f"data kind {data.kind!r} has no patients: a vote threshold is picked on series")
+        from training.sets import SetSpec, prepare_set
+
+        prepared_set = prepare_set(SetSpec(data.kind, Path(data.path or "."), data.transform,
+                                           Path(data.path or ".").name), pipeline, mcfg.task, slices="all",
+                                   seg_target=data.seg_target, progress=progress)
+        prepared, skipped = list(prepared_set.patients), list(prepared_set.skipped)
+    else:
+        prepared = prepare_cases(cases_for(data), pipeline, mcfg.task, slices=slices,
+                                 seg_target=data.seg_target, progress=progress)
     report = evaluate(model, prepared, pipeline, device=device)
+    if data.kind in IMAGE_KINDS and mcfg.task == "classification":
+        # one image is not a patient: no patient verdicts where the data do not say who is who
+        for key in ("patient", "patients"):
+            report.pop(key, None)
+        report["patient_level"] = "not applicable: the images carry no patient identifiers"
+    report["images_used"] = len(prepared)
+    report["skipped"] = skipped
     report["checkpoint"] = str(checkpoint)
     report["data"] = dataclasses.asdict(data)
     if pick_threshold:

@@ -1,5 +1,7 @@
 """Session fixtures of the integration tests: demo models trained once (quick mode), the
-portable model repository built once, one Triton server on free ports for the session.
+portable model repository built once, one Triton server on free ports for the session;
+and the same for the shipped networks trained on real chest CT (``shipped_server``), which
+the trust, acquisition and PACS tests are run against.
 
 Everything here is real: torch training, ONNX export, ONNX Runtime, the Triton server
 binary, gRPC. The server's log is kept in the session's temporary folder.
@@ -101,3 +103,35 @@ def onnx_networks(model_repository) -> dict[str, OnnxNetwork]:
         networks[name] = OnnxNetwork(files[0])
     return networks
 
+
+
+@pytest.fixture(scope="session")
+def shipped_repository(tmp_path_factory) -> Path:
+    """The ``portable`` repository the exporter builds from the shipped checkpoints (with parity checks)."""
+    from export.repository import build_repository
+    from training.shipped import shipped_checkpoint
+
+    out = tmp_path_factory.mktemp("shipped") / "model_repository"
+    return Path(build_repository(shipped_checkpoint("classifier"), shipped_checkpoint("segmenter"), out,
+                                 profile="portable"))
+
+
+@pytest.fixture(scope="session")
+def shipped_server(shipped_repository, tmp_path_factory) -> Iterator[TritonServer]:
+    """A Triton server serving the shipped networks, on free ports, for the whole session."""
+    log_path = tmp_path_factory.mktemp("shipped_log") / "tritonserver.log"
+    server = TritonServer(ServerConfig(shipped_repository, log_path=log_path, startup_timeout_s=300))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shipped_grpc_client(shipped_server):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(shipped_server.grpc_url)
+    yield client
+    client.close()

@@ -30,6 +30,13 @@ from preprocessing.synthetic.phantom import make_phantom
 from preprocessing.synthetic.trust_cases import coverage_crops
 from preprocessing.volume import CTVolume
 
+
+@pytest.fixture(scope="module")
+def triton_server(shipped_server):
+    """These tests run against the shipped networks trained on real chest CT."""
+    return shipped_server
+
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REAL_SERIES = ("P002", "cap002", "normal002")

@@ -28,6 +28,13 @@ from preprocessing.resize import resize_nearest
 from preprocessing.synthetic.phantom import make_phantom
 from tests.integration.orthanc import free_port, orthanc  # noqa: F401 - the fixture
 
+
+@pytest.fixture(scope="module")
+def triton_server(shipped_server):
+    """These tests run against the shipped networks trained on real chest CT."""
+    return shipped_server
+
+
 pytestmark = pytest.mark.integration
 WAIT_S = 120.0
 

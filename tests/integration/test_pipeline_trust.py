@@ -20,6 +20,13 @@ from preprocessing.synthetic.phantom import make_phantom
 from preprocessing.synthetic.trust_cases import crop_cases, trust_cases
 from preprocessing.volume import CTVolume
 
+
+@pytest.fixture(scope="module")
+def grpc_client(shipped_grpc_client):
+    """These tests run against the shipped networks trained on real chest CT."""
+    return shipped_grpc_client
+
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CASES = {case.name: case for case in trust_cases(size=128, num_slices=60, seed=0)}

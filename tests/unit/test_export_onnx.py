@@ -30,7 +30,7 @@ from training.registry import create_model, list_models
 # Smallest input sizes the architectures accept (resnet: divisible by 64; attention
 # U-Net depth 5 and FCN-8s: by 32).
 SMALL_SIZE = {"cnn6": 32, "unet": 32, "fcn8s": 32, "attention_unet": 32, "efficientnet_b4": 32,
-              "resnet50v2": 64, "resnet50v2_fpn": 64}
+              "resnet50v2": 64, "resnet50v2_fpn": 64, "efficientnet_lite0": 32, "unet_lite0": 32}
 FAST = ("cnn6", "unet")
 
 

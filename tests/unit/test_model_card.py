@@ -52,7 +52,8 @@ def test_phantom_card_is_a_demo_and_round_trips(tmp_path):
     assert load_model_card(tmp_path) == card
     data = json.loads((tmp_path / FILENAME).read_text())
     assert data["input"] == {"size": SIZE, "channels": 1, "hu_window": [-1000.0, 400.0], "lung_crop": False}
-    assert data["card_version"] == 1 and data["created_utc"].endswith("Z") and data["evaluation"] is None
+    assert data["card_version"] == 2 and data["created_utc"].endswith("Z") and data["evaluation"] is None
+    assert (data["datasets"], data["limitations"], data["licence"]) == (None, None, None)
 
 
 def test_real_data_card_is_not_a_demo_but_warns():
@@ -193,3 +194,17 @@ def test_record_vote_threshold_applies_only_on_request(tmp_path):
     card = load_model_card(ckpt)
     assert card.evaluation["vote_threshold_pick"]["previous"] == pytest.approx(0.3)
     assert card.weights_sha256 == file_sha256(ckpt / "weights.pt")  # the card still describes these weights
+
+
+def test_version_1_cards_still_load_and_unknown_versions_do_not(tmp_path):
+    model = create_model("cnn6", input_size=SIZE)
+    card = make_card(model.model_config, PipelineConfig(classifier_input=ModelInputConfig(size=SIZE)),
+                     training_data_record("phantom", {"COVID-19": 1}, {"COVID-19": 3}))
+    data = card.to_dict()
+    for key in ("datasets", "limitations", "licence"):
+        del data[key]
+    (tmp_path / FILENAME).write_text(json.dumps({**data, "card_version": 1}))
+    assert load_model_card(tmp_path).card_version == 1
+    (tmp_path / FILENAME).write_text(json.dumps({**data, "card_version": 3}))
+    with pytest.raises(ConfigError, match=r"model card version 3 is not supported; expected one of \[1, 2\]"):
+        load_model_card(tmp_path)
