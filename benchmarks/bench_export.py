@@ -8,6 +8,7 @@ CPU time is reported too: on a shared machine it does not count waiting for a co
 
     .venv/bin/python -m benchmarks.bench_export                       # cnn6@224, resnet50v2_fpn@512
     .venv/bin/python -m benchmarks.bench_export --networks cnn6:224 --batches 1 16 64 --out bench.json
+    .venv/bin/python -m benchmarks.bench_export --checkpoints training/shipped/classifier training/shipped/segmenter
 
 GPU latency (torch FP16 runner behind Triton) is measured by :mod:`benchmarks.gpu_run`.
 """
@@ -44,10 +45,20 @@ def export_random(name: str, size: int, folder: Path) -> tuple[Path, str, str, i
     return result.path, result.input.name, result.output.name, result.size_bytes
 
 
-def bench_network(name: str, size: int, batches: list[int], threads: list[int], repeats: int, folder: Path):
+def export_trained(checkpoint: Path, folder: Path) -> tuple[Path, str, str, int, str, int]:
+    """Export a checkpoint folder as served; (path, input, output, bytes, network, size)."""
+    from export.onnx_export import export_checkpoint
+
+    result = export_checkpoint(checkpoint, folder / f"{checkpoint.name}.onnx")
+    size = int(result.input.dims[-1])
+    return result.path, result.input.name, result.output.name, result.size_bytes, result.model_name, size
+
+
+def bench_network(name: str, size: int, batches: list[int], threads: list[int], repeats: int, folder: Path,
+                  exported: tuple[Path, str, str, int] | None = None):
     import onnxruntime as ort
 
-    path, inp, out, size_bytes = export_random(name, size, folder)
+    path, inp, out, size_bytes = exported or export_random(name, size, folder)
     rows = []
     for n_threads in threads:
         options = ort.SessionOptions()
@@ -69,7 +80,10 @@ def bench_network(name: str, size: int, batches: list[int], threads: list[int], 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_export", description=__doc__.split("\n")[0])
-    parser.add_argument("--networks", nargs="+", default=["cnn6:224", "resnet50v2_fpn:512"], metavar="NAME:SIZE")
+    parser.add_argument("--networks", nargs="*", default=None, metavar="NAME:SIZE",
+                        help="registered networks with random weights (default cnn6:224 resnet50v2_fpn:512)")
+    parser.add_argument("--checkpoints", nargs="*", default=[], type=Path, metavar="DIR",
+                        help="checkpoint folders, exported as served (e.g. training/shipped/classifier)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
@@ -77,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.networks:
+        networks = args.networks if args.networks is not None else ([] if args.checkpoints else
+                                                                     ["cnn6:224", "resnet50v2_fpn:512"])
+        for spec in networks:
             name, _, size = spec.partition(":")
             rows += bench_network(name, int(size or 224), args.batches, args.threads, args.repeats, Path(tmp))
+        for checkpoint in args.checkpoints:
+            path, inp, out, size_bytes, name, size = export_trained(checkpoint, Path(tmp))
+            rows += bench_network(name, size, args.batches, args.threads, args.repeats, Path(tmp),
+                                  exported=(path, inp, out, size_bytes))
     print("\nnetwork          size  ONNX MB  threads  batch  ms/slice  cpu ms/slice")
     for r in rows:
         print(f"{r['network']:16s} {r['size']:4d}  {r['onnx_mb']:7.1f}  {r['threads']:7d}  {r['batch']:5d}  "

@@ -97,8 +97,9 @@ def format_table(outcomes: Sequence[PatientOutcome]) -> str:
     transport, the reason codes of a not-assessable series or the warning codes
     (``warning: partial_coverage``) of an answer given with a warning; then the counts, which
     series an input of several series was read from (and the ones left out), the
-    models that answered (network + training data), and the demo warning when a demo
-    model answered (its answers are marked ``*``)."""
+    models that answered (network + training data), the demo warning when a demo
+    model answered (its answers are marked ``*``), and the card warnings of models trained
+    on real data (``note: ...``)."""
     width = max([len("input"), *(min(len(o.input), 48) for o in outcomes)])
     header = (
         f"{'input':<{width}}  {'answer':<15} {'pos.frac':>8} {'burden %':>8} {'lung ml':>8} "
@@ -132,4 +133,9 @@ def format_table(outcomes: Sequence[PatientOutcome]) -> str:
                  for o in outcomes if o.ok and o.result.series_left_out)
     warnings = dict.fromkeys(o.result.demo_warning for o in outcomes if o.ok and o.result.demo)
     lines.extend(f"* {warning}" for warning in warnings)
+    # a model trained on real data still says what it is not for (its card's warning)
+    notes = dict.fromkeys(str(card["warning"]) for o in outcomes if o.ok and not o.result.demo
+                          for card in o.result.model_card.values()
+                          if isinstance(card, dict) and card.get("warning") and not card.get("demo"))
+    lines.extend(f"note: {note}" for note in notes)
     return "\n".join(lines)

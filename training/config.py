@@ -193,9 +193,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # python -m training train --preset real-classifier --data-path ../shared/data --out DIR
     "real-classifier": {
         "model": "efficientnet_lite0", "input_size": 224, "lung_crop": True, "optimizer": "adam",
-        "lr": 3e-4, "weight_decay": 1e-5, "lr_schedule": "cosine", "loss": "bce", "epochs": 4, "batch_size": 16,
+        "lr": 3e-4, "weight_decay": 1e-5, "lr_schedule": "cosine", "loss": "bce", "epochs": 6, "batch_size": 16,
         "train_slices": "all",
-        "augment": {"hflip": True, "vflip": False, "rotation_deg": 10.0, "zoom": 0.1, "shift": 0.05},
+        "augment": {"hflip": True, "vflip": False, "rotation_deg": 10.0, "zoom": 0.1, "shift": 0.05,
+                    "intensity": 0.1},
         "data": {"kind": "sets", "train_sets": ["mosmed-slices:mosmed-slices", "sars-cov-2-ct:sars-cov-2-ct"]},
     },
     # The shipped segmenter (ours): U-Net over an ImageNet-initialised EfficientNet-Lite0 encoder,
@@ -203,9 +204,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Both folders are stored a quarter turn off the patient frame (pseudo: rot90, doctor: transpose).
     "real-segmenter": {
         "model": "unet_lite0", "input_size": 256, "optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5,
-        "lr_schedule": "cosine", "loss": "bce_dice", "epochs": 4, "batch_size": 8, "train_slices": "all",
+        "lr_schedule": "cosine", "loss": "bce_dice", "epochs": 5, "batch_size": 8, "train_slices": "all",
         "empty_slice_fraction": 0.3,
-        "augment": {"hflip": True, "vflip": False, "rotation_deg": 10.0, "zoom": 0.4, "shift": 0.1},
+        "augment": {"hflip": True, "vflip": False, "rotation_deg": 10.0, "zoom": 0.4, "shift": 0.1,
+                    "intensity": 0.1},
         "data": {"kind": "sets", "train_sets": ["infection-masks:infection-masks/pseudo:rot90"],
                  "validation_sets": ["infection-masks:infection-masks/doctor:transpose"]},
     },

@@ -176,13 +176,20 @@ class ModelCard(JsonConfig):
         DEMO - synthetic training data, not for clinical use``."""
         data = self.training_data
         head = f"{self.network} ({self.task})"
+        train_sets = [d for d in (self.datasets or []) if d.get("role") == "train"]
         if data.source_kind == UNRECORDED_KIND:
             text = f"{head}: no training data recorded"
+        elif train_sets:
+            used = sum(int(d.get("used", 0)) for d in train_sets)
+            text = f"{head} trained on {used} images of {', '.join(str(d.get('folder')) for d in train_sets)}"
         else:
             text = f"{head} trained on {data.source_kind} data: {data.num_patients} patients"
         auc = (self.evaluation or {}).get("slice_roc_auc")
         if isinstance(auc, (int, float)) and math.isfinite(auc):
             text += f"; {self.evaluation.get('method', 'k-fold')} slice AUC {auc:.2f}"
+        dice = (self.evaluation or {}).get("dice")
+        if isinstance(dice, (int, float)) and math.isfinite(dice):
+            text += f"; validation Dice {dice:.2f}"
         if self.demo:
             why = "synthetic training data" if data.synthetic else "no recorded training data"
             text += f"; DEMO - {why}, not for clinical use"

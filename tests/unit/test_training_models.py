@@ -19,12 +19,14 @@ PARAM_RANGE_M = {
     "attention_unet": (1.0, 40.0),
     "unet": (0.05, 0.75),  # under 3 MB of float32
     "fcn8s": (2.0, 140.0),
+    "efficientnet_lite0": (3.0, 4.0),  # the shipped classifier: about 13.7 MB of float32
+    "unet_lite0": (3.0, 4.0),  # the shipped segmenter: about 14 MB of float32
 }
 
 
 def test_registry_lists_the_papers_networks():
     assert set(list_models()) == set(PARAM_RANGE_M)
-    assert list_models("segmentation") == ["attention_unet", "fcn8s", "unet"]
+    assert list_models("segmentation") == ["attention_unet", "fcn8s", "unet", "unet_lite0"]
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_RANGE_M))
