@@ -18,22 +18,32 @@ def _pyplot():
     return plt
 
 
-def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path, title: str = "ROC (per slice)") -> Path:
-    """ROC curve with the chance diagonal; ``auc`` in the legend."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+def _roc_axes(ax, title: str, fontsize: float | None = None) -> None:
+    """Chance diagonal, rate labels, limits, title and legend of a ROC plot."""
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.set_title(title, fontsize=fontsize)
+    ax.legend(loc="lower right", fontsize=fontsize and fontsize - 3)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay out, write the PNG and close the figure."""
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path, title: str = "ROC (per slice)") -> Path:
+    """ROC curve with the chance diagonal; ``auc`` in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+    _roc_axes(ax, title)
+    return _save(plt, fig, path)
 
 
 def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "confusion matrix",
@@ -51,10 +61,7 @@ def plot_confusion(counts: dict[str, int], path: str | Path, title: str = "confu
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -74,10 +81,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
             ax2.set_ylabel(name)
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1.02)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_patient_fractions(
@@ -107,10 +111,7 @@ def plot_patient_fractions(
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_roc_sets(sets: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path,
@@ -125,17 +126,8 @@ def plot_roc_sets(sets: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str 
             continue
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, lw=2, label=f"{name}: AUC {roc_auc_score(y, p):.3f} (n={len(y)})")
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    _roc_axes(ax, title, fontsize=10)
+    return _save(plt, fig, path)
 
 
 def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, bins: int = 10,
@@ -160,8 +152,6 @@ def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, bi
     ax.set_ylim(0, 1.01)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return {"predicted": predicted.tolist(), "observed": observed.tolist(), "expected_calibration_error": ece,
             "bins": bins}

@@ -230,14 +230,14 @@ def weights_licence(sets: Sequence[dict[str, Any]], imagenet: bool) -> str:
 def run_classifier_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Leave-one-source-out (or the given validation sets), thresholds, final network; see the module docstring."""
     from training.plots import plot_reliability, plot_roc_sets, plot_training_curves
-    from training.run import model_for, pipeline_for
+    from training.run import model_config_for, pipeline_for
 
     started = time.perf_counter()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mcfg = model_for(cfg).model_config
+    mcfg = model_config_for(cfg)
     pipeline = pipeline_for(cfg, mcfg)
     train, val = _prepare(cfg, pipeline, "classification", progress)
     held: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -310,7 +310,7 @@ def segmentation_figures(probs: np.ndarray, truth: np.ndarray, threshold: float)
 def run_segmenter_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train on the training sets, validate on the validation sets, pick the infection threshold."""
     from training.predict import predict_probabilities
-    from training.run import model_for, pipeline_for
+    from training.run import model_config_for, pipeline_for
 
     started = time.perf_counter()
     if cfg.num_threads > 0:
@@ -319,7 +319,7 @@ def run_segmenter_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool 
         raise ConfigError("a segmenter sets run needs validation_sets (validated on sets it never trains on)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mcfg = model_for(cfg).model_config
+    mcfg = model_config_for(cfg)
     pipeline = pipeline_for(cfg, mcfg)
     train, val = _prepare(cfg, pipeline, "segmentation", progress)
     model, history = _train(cfg, train, val, pipeline, None, progress)

@@ -38,7 +38,7 @@ from training.evaluate import vote_config_with, write_report
 from training.file_sources import dicom_csv_cases, nifti_cases, tiff_cases
 from training.model_card import file_sha256, holdout_evaluation, load_model_card, make_card, training_data_for_run
 from training.patients import UNLABELLED, PatientCase, lesion_insertion_cases, phantom_cases
-from training.registry import ModelConfig, create_model
+from training.registry import ModelConfig, create_model_from_config, resolve_config
 from training.splits import Fold, holdout_split, patient_kfold
 from training.trainer import TrainState, load_history, train_model
 
@@ -71,31 +71,31 @@ def cases_for(data: DataConfig) -> list[PatientCase]:
     if data.kind == "tiff":
         return tiff_cases(data.path)
     if data.kind in IMAGE_KINDS:
-        from training.sets import SetSpec, set_cases
+        from training.sets import set_cases, spec_of
 
-        return set_cases(SetSpec(data.kind, Path(data.path), data.transform, Path(data.path).name))
+        return set_cases(spec_of(data))
     if data.kind == "sets":
         raise ConfigError("data kind 'sets' trains through a recipe run (python -m training train --preset ...)")
     return nifti_cases(data.path)
 
 
 def prepare_for(data: DataConfig, cases: Sequence[PatientCase], pipeline: PipelineConfig, task: str, *,
-                slices: str, out_dir: str | Path | None = None, progress: bool = True) -> list[PreparedPatient]:
-    """Prepare ``cases`` of ``data``; for the 8-bit image kinds, images whose gray-to-HU map
-    cannot be estimated are skipped and listed in ``out_dir/data_report.json`` (never dropped
-    silently)."""
+                slices: str, out_dir: str | Path | None = None, progress: bool = True
+                ) -> tuple[list[PreparedPatient], list[dict[str, str]]]:
+    """Prepare ``cases`` of ``data``: (prepared cases, skipped cases with their reasons). For the
+    8-bit image kinds, images whose gray-to-HU map cannot be estimated are skipped, and listed in
+    ``out_dir/data_report.json`` when ``out_dir`` is given (never dropped silently)."""
     if data.kind not in IMAGE_KINDS:
-        return prepare_cases(cases, pipeline, task, slices=slices, seg_target=data.seg_target, progress=progress)
-    from training.sets import SetSpec, data_report, prepare_set
+        return prepare_cases(cases, pipeline, task, slices=slices, seg_target=data.seg_target, progress=progress), []
+    from training.sets import data_report, prepare_set, spec_of
 
-    spec = SetSpec(data.kind, Path(data.path or "."), data.transform, Path(data.path or ".").name)
-    prepared = prepare_set(spec, pipeline, task, slices="all", seg_target=data.seg_target, progress=progress,
-                           cases=cases)
+    prepared = prepare_set(spec_of(data), pipeline, task, slices="all", seg_target=data.seg_target,
+                           progress=progress, cases=cases)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "data_report.json").write_text(json.dumps(data_report([prepared], []), indent=2) + "\n",
                                                         encoding="utf-8")
-    return list(prepared.patients)
+    return list(prepared.patients), list(prepared.skipped)
 
 
 def check_label_rule(data: DataConfig, model_cfg: ModelConfig) -> None:
@@ -107,8 +107,8 @@ def check_label_rule(data: DataConfig, model_cfg: ModelConfig) -> None:
         )
 
 
-def model_for(cfg: TrainConfig) -> torch.nn.Module:
-    """Create the (seeded) network of ``cfg`` from the registry."""
+def model_config_for(cfg: TrainConfig) -> ModelConfig:
+    """The registry config of ``cfg``'s network (its defaults with the run's options), not built."""
     overrides: dict[str, Any] = dict(cfg.model_options)
     if cfg.input_size is not None:
         overrides["input_size"] = cfg.input_size
@@ -116,8 +116,13 @@ def model_for(cfg: TrainConfig) -> torch.nn.Module:
         overrides["num_outputs"] = cfg.num_outputs
     if cfg.mask_channels:
         overrides["in_channels"] = 3
+    return resolve_config(cfg.model, **overrides)
+
+
+def model_for(cfg: TrainConfig) -> torch.nn.Module:
+    """Create the (seeded) network of ``cfg`` from the registry."""
     torch.manual_seed(cfg.seed)
-    return create_model(cfg.model, **overrides)
+    return create_model_from_config(model_config_for(cfg))
 
 
 def pipeline_for(cfg: TrainConfig, model_cfg: ModelConfig, base: PipelineConfig | None = None) -> PipelineConfig:
@@ -220,8 +225,8 @@ def run_training(
         pipeline = pipeline_for(cfg, model.model_config, base_pipeline)
     check_label_rule(cfg.data, model.model_config)
     cases = cases_for(cfg.data)
-    prepared = prepare_for(cfg.data, cases, pipeline, model.model_config.task, slices=cfg.train_slices,
-                           out_dir=out_dir, progress=progress)
+    prepared, _ = prepare_for(cfg.data, cases, pipeline, model.model_config.task, slices=cfg.train_slices,
+                              out_dir=out_dir, progress=progress)
     return train_on_prepared(cfg, prepared, pipeline, out_dir, model=model, state=state, progress=progress,
                              diagnoses={c.patient_id: c.diagnosis for c in cases})
 
@@ -242,8 +247,8 @@ def run_crossval(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True
     model = model_for(cfg)
     pipeline = pipeline_for(cfg, model.model_config)
     check_label_rule(cfg.data, model.model_config)
-    prepared = prepare_for(cfg.data, cases_for(cfg.data), pipeline, model.model_config.task,
-                           slices=cfg.train_slices, out_dir=out, progress=progress)
+    prepared, _ = prepare_for(cfg.data, cases_for(cfg.data), pipeline, model.model_config.task,
+                              slices=cfg.train_slices, out_dir=out, progress=progress)
     folds = []
     for f in range(cfg.folds):
         fcfg = dataclasses.replace(cfg, fold=f)
@@ -324,8 +329,8 @@ def run_kfold(
     pipeline = pipeline_for(cfg, base_model.model_config)
     cases = cases_for(cfg.data)
     diagnoses = {c.patient_id: c.diagnosis for c in cases}
-    prepared = prepare_for(cfg.data, cases, pipeline, "classification", slices=cfg.train_slices, out_dir=out,
-                           progress=progress)
+    prepared, _ = prepare_for(cfg.data, cases, pipeline, "classification", slices=cfg.train_slices, out_dir=out,
+                              progress=progress)
     groups = sorted({p.group_id for p in prepared})
     k = len(groups) if leave_one_out else int(folds or cfg.folds)
     if k < 2:
@@ -421,19 +426,9 @@ def evaluate_checkpoint(
     check_label_rule(data, mcfg)
     if pick_threshold:
         load_model_card(checkpoint)  # fail before the evaluation when there is no card
-    skipped: list[dict[str, str]] = []
-    if data.kind in IMAGE_KINDS:
-        if pick_threshold:
-            raise ConfigError(f"data kind {data.kind!r} has no patients: a vote threshold is picked on series")
-        from training.sets import SetSpec, prepare_set
-
-        prepared_set = prepare_set(SetSpec(data.kind, Path(data.path or "."), data.transform,
-                                           Path(data.path or ".").name), pipeline, mcfg.task, slices="all",
-                                   seg_target=data.seg_target, progress=progress)
-        prepared, skipped = list(prepared_set.patients), list(prepared_set.skipped)
-    else:
-        prepared = prepare_cases(cases_for(data), pipeline, mcfg.task, slices=slices,
-                                 seg_target=data.seg_target, progress=progress)
+    if data.kind in IMAGE_KINDS and pick_threshold:
+        raise ConfigError(f"data kind {data.kind!r} has no patients: a vote threshold is picked on series")
+    prepared, skipped = prepare_for(data, cases_for(data), pipeline, mcfg.task, slices=slices, progress=progress)
     report = evaluate(model, prepared, pipeline, device=device)
     if data.kind in IMAGE_KINDS and mcfg.task == "classification":
         # one image is not a patient: no patient verdicts where the data do not say who is who

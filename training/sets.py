@@ -80,6 +80,13 @@ class SetSpec:
         return {**base, "kind": self.kind, "folder": self.name, "transform": self.transform}
 
 
+def spec_of(data: Any) -> SetSpec:
+    """The one set a :class:`training.config.DataConfig` of an image kind describes (``path``, ``transform``)."""
+    if data.path is None:
+        raise ConfigError(f"data kind {data.kind!r} needs a data path (--data-path)")
+    return SetSpec(data.kind, Path(data.path), data.transform, Path(data.path).name)
+
+
 def parse_set(entry: str, root: str | Path) -> SetSpec:
     """``"KIND:PATH[:TRANSFORM]"`` relative to ``root`` -> :class:`SetSpec` (ConfigError if malformed)."""
     from training.config import DATA_KINDS

@@ -49,11 +49,9 @@ def model_repository(demo_checkpoints, tmp_path_factory) -> Path:
     )
 
 
-@pytest.fixture(scope="session")
-def triton_server(model_repository, tmp_path_factory) -> Iterator[TritonServer]:
-    """One Triton server for the whole session, on free ports."""
-    log_path = tmp_path_factory.mktemp("triton_log") / "tritonserver.log"
-    server = TritonServer(ServerConfig(model_repository, log_path=log_path, startup_timeout_s=300))
+def _serve(repository: Path, log_dir: Path) -> Iterator[TritonServer]:
+    """A Triton server on free ports serving ``repository`` until the generator is closed."""
+    server = TritonServer(ServerConfig(repository, log_path=log_dir / "tritonserver.log", startup_timeout_s=300))
     server.start()
     try:
         yield server
@@ -61,13 +59,23 @@ def triton_server(model_repository, tmp_path_factory) -> Iterator[TritonServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def grpc_client(triton_server):
+def _client(server: TritonServer):
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository, tmp_path_factory) -> Iterator[TritonServer]:
+    """One Triton server for the whole session, on free ports."""
+    yield from _serve(model_repository, tmp_path_factory.mktemp("triton_log"))
+
+
+@pytest.fixture(scope="session")
+def grpc_client(triton_server):
+    yield from _client(triton_server)
 
 
 @pytest.fixture(scope="session")
@@ -119,19 +127,9 @@ def shipped_repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shipped_server(shipped_repository, tmp_path_factory) -> Iterator[TritonServer]:
     """A Triton server serving the shipped networks, on free ports, for the whole session."""
-    log_path = tmp_path_factory.mktemp("shipped_log") / "tritonserver.log"
-    server = TritonServer(ServerConfig(shipped_repository, log_path=log_path, startup_timeout_s=300))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve(shipped_repository, tmp_path_factory.mktemp("shipped_log"))
 
 
 @pytest.fixture(scope="session")
 def shipped_grpc_client(shipped_server):
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(shipped_server.grpc_url)
-    yield client
-    client.close()
+    yield from _client(shipped_server)

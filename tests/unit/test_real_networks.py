@@ -210,16 +210,19 @@ def _write_classifier_sets(root: Path) -> None:
         f.write("covid/flat.png,covid,CT-1\n")
 
 
+def _sets_args(data: Path, out: Path, *sets: str, preset: str = "real-classifier") -> list[str]:
+    """``python -m training train`` of a tiny ``sets`` run of ``preset`` (1 epoch, SETS_SIZE px, no ImageNet)."""
+    return ["train", "--preset", preset, "--data-path", str(data), *sets, "--input-size", str(SETS_SIZE),
+            "--epochs", "1", "--batch-size", "4", "--model-option", "imagenet_init=false", "--num-threads", "1",
+            "--quiet", "--out", str(out)]
+
+
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cls")
     data, out = root / "data", root / "out"
     _write_classifier_sets(data)
-    code = main(["train", "--preset", "real-classifier", "--data-path", str(data),
-                 "--train-set", "mosmed-slices:setA", "--train-set", "mosmed-slices:setB",
-                 "--input-size", str(SETS_SIZE), "--epochs", "1", "--batch-size", "4",
-                 "--model-option", "imagenet_init=false", "--num-threads", "1", "--quiet", "--out", str(out)])
-    assert code == 0
+    assert main(_sets_args(data, out, "--train-set", "mosmed-slices:setA", "--train-set", "mosmed-slices:setB")) == 0
     return data, out
 
 
@@ -229,11 +232,8 @@ def segmenter_run(tmp_path_factory):
     data, out = root / "data", root / "out"
     write_infection_set(data / "segA", [f"vol{i // 2}_{i}" for i in range(6)], size=SIZE)
     write_infection_set(data / "segB", [f"case{i}_{i}" for i in range(4)], size=SIZE, transform="rot90")
-    code = main(["train", "--preset", "real-segmenter", "--data-path", str(data),
-                 "--train-set", "infection-masks:segA", "--validation-set", "infection-masks:segB:rot90",
-                 "--input-size", str(SETS_SIZE), "--epochs", "1", "--batch-size", "4",
-                 "--model-option", "imagenet_init=false", "--num-threads", "1", "--quiet", "--out", str(out)])
-    assert code == 0
+    assert main(_sets_args(data, out, "--train-set", "infection-masks:segA", "--validation-set",
+                           "infection-masks:segB:rot90", preset="real-segmenter")) == 0
     return data, out
 
 
@@ -372,10 +372,6 @@ def _one_class_sets(root: Path) -> None:
                                              encoding="utf-8")
 
 
-def _sets_args(data: Path, out: Path, *sets: str) -> list[str]:
-    return ["train", "--preset", "real-classifier", "--data-path", str(data), *sets, "--input-size", str(SETS_SIZE),
-            "--epochs", "1", "--batch-size", "4", "--model-option", "imagenet_init=false", "--num-threads", "1",
-            "--quiet", "--out", str(out)]
 
 
 def test_sets_report_is_strict_json_when_a_source_has_one_class(tmp_path):

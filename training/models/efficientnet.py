@@ -41,6 +41,16 @@ def round_channels(channels: float, width: float, divisor: int = 8) -> int:
     return int(out)
 
 
+def residual_with_drop_path(x: torch.Tensor, out: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """``x + out``; while training, each sample's ``out`` is dropped with probability ``rate``
+    (stochastic depth) and the kept ones scaled by ``1 / (1 - rate)``."""
+    if training and rate > 0.0:
+        keep = 1.0 - rate
+        mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
+        out = out * mask.to(out.dtype) / keep
+    return x + out
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention: GAP -> 1x1 reduce -> SiLU -> 1x1 expand -> sigmoid -> scale."""
 
@@ -81,13 +91,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
-        if not self.residual:
-            return out
-        if self.training and self.drop_path > 0.0:
-            keep = 1.0 - self.drop_path
-            mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
-            out = out * mask.to(out.dtype) / keep
-        return x + out
+        return residual_with_drop_path(x, out, self.drop_path, self.training) if self.residual else out
 
 
 class EfficientNet(nn.Module):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from covidct.errors import CheckpointError, ConfigError
+from training.models.efficientnet import residual_with_drop_path
 from training.registry import ModelConfig, register_model
 
 #: (expand ratio, kernel, stride, out channels, repeats) of EfficientNet-Lite0.
@@ -89,13 +90,7 @@ class LiteBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.depthwise(self.expand(x)))
-        if not self.residual:
-            return out
-        if self.training and self.drop_path > 0.0:
-            keep = 1.0 - self.drop_path
-            mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
-            out = out * mask.to(out.dtype) / keep
-        return x + out
+        return residual_with_drop_path(x, out, self.drop_path, self.training) if self.residual else out
 
 
 class LiteEncoder(nn.Module):
