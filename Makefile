@@ -73,7 +73,7 @@ GPU_BUNDLE      ?= gpu_bundle
 GPU_PYTHON      ?= 3.12
 
 gpu-bundle:
-	$(PY) -m benchmarks.gpu_bundle --out $(GPU_BUNDLE) --python-version $(GPU_PYTHON)
+	$(PY) -m covidct.benchmarks.gpu_bundle --out $(GPU_BUNDLE) --python-version $(GPU_PYTHON)
 
 clean:
 	rm -rf $(VENV) $(TRITON_DIR) .pytest_cache

@@ -3,12 +3,12 @@ variants, and what reorientation and gap detection cost per slice.
 
 Not a test: writes ``acquisitions.md`` and ``acquisitions.json`` into ``--out``::
 
-    .venv/bin/python -m benchmarks.bench_acquisitions --data-dir "$COVIDCT_DATA_DIR" \\
+    .venv/bin/python -m covidct.benchmarks.bench_acquisitions --data-dir "$COVIDCT_DATA_DIR" \\
         --out benchmarks/results/cpu-2core/acquisitions
 
 Per series (DICOM folders under ``--data-dir``): the whole series; the series written as a
 scanner stores it prone (HFP), feet-first (FFS) and in right decubitus (HFDR) and read
-back; the coverage crops (:func:`preprocessing.synthetic.trust_cases.coverage_crops`); 10
+back; the coverage crops (:func:`covidct.preprocessing.synthetic.trust_cases.coverage_crops`); 10
 slices dropped inside the lungs. Each variant goes through the served ``preprocess`` step
 in-process (:func:`covidct.serving.steps.preprocess_step`, the default
 ``PipelineConfig``): assessable, reasons, warnings, lung volumes (right / left) and the
@@ -33,17 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info, machine_line, markdown_table, median_ms, write_json
+from covidct.benchmarks.common import machine_info, machine_line, markdown_table, median_ms, write_json
 from covidct.serving.steps import preprocess_step, slice_positions
-from preprocessing.config import LungSegmentationConfig, PipelineConfig
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.orientation import InPlaneTransform
-from preprocessing.slice_gaps import find_gaps, gaps_at_lung
-from preprocessing.synthetic.case_transforms import drop_slices
-from preprocessing.synthetic.trust_cases import coverage_crops
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.config import LungSegmentationConfig, PipelineConfig
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.orientation import InPlaneTransform
+from covidct.preprocessing.slice_gaps import find_gaps, gaps_at_lung
+from covidct.preprocessing.synthetic.case_transforms import drop_slices
+from covidct.preprocessing.synthetic.trust_cases import coverage_crops
+from covidct.preprocessing.volume import CTVolume
 
 POSITIONS = ("HFP", "FFS", "HFDR")
 TRANSFORMS = {
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         cost_rows.extend(costs(series, source, volume, args.repeats))
     result = {
         "machine": machine_info(), "repeats": args.repeats,
-        "command": "python -m benchmarks.bench_acquisitions --data-dir $COVIDCT_DATA_DIR --out " + str(args.out),
+        "command": ("python -m covidct.benchmarks.bench_acquisitions --data-dir $COVIDCT_DATA_DIR --out "
+                    + str(args.out)),
         "config": dataclasses.asdict(config.assessment),
         "assessments": assessments, "costs": cost_rows,
     }

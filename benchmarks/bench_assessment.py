@@ -3,10 +3,10 @@
 Not a test: prints a table (and optionally writes JSON). Run on one core for numbers
 comparable with the 1 ms/slice target (mask + checks on 512x512)::
 
-    taskset -c 0 .venv/bin/python -m benchmarks.bench_assessment --slices 406 --out bench.json
-    taskset -c 0 .venv/bin/python -m benchmarks.bench_assessment --series /path/to/dicom_folder
+    taskset -c 0 .venv/bin/python -m covidct.benchmarks.bench_assessment --slices 406 --out bench.json
+    taskset -c 0 .venv/bin/python -m covidct.benchmarks.bench_assessment --series /path/to/dicom_folder
 
-The volume is the synthetic phantom (``preprocessing.synthetic.phantom.make_phantom``, default
+The volume is the synthetic phantom (``covidct.preprocessing.synthetic.phantom.make_phantom``, default
 adult geometry) unless ``--series`` names a real series. Each figure is the median of
 ``--repeats`` runs; CPU time is the robust figure on a shared machine.
 """
@@ -21,12 +21,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import platform  # noqa: E402
 
-from benchmarks.common import add_volume_arguments, median_ms, series_or_phantom, write_json  # noqa: E402
-from preprocessing.assessment import assess  # noqa: E402
-from preprocessing.config import PipelineConfig  # noqa: E402
-from preprocessing.lung_segmentation import segment_lungs  # noqa: E402
-from preprocessing.mask_grid import block_mean, reduction_factor  # noqa: E402
-from preprocessing.slice_selection import select_by_lung_area  # noqa: E402
+from covidct.benchmarks.common import add_volume_arguments, median_ms, series_or_phantom, write_json  # noqa: E402
+from covidct.preprocessing.assessment import assess  # noqa: E402
+from covidct.preprocessing.config import PipelineConfig  # noqa: E402
+from covidct.preprocessing.lung_segmentation import segment_lungs  # noqa: E402
+from covidct.preprocessing.mask_grid import block_mean, reduction_factor  # noqa: E402
+from covidct.preprocessing.slice_selection import select_by_lung_area  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:

@@ -8,11 +8,11 @@ and total. With one request in flight the delta of Triton's cumulative statistic
 ensemble is that request's server time, so transfer = round trip - server.
 
 Part 2 (throughput): ``--patients`` phantom DICOM folders (``--tp-slices`` x ``--size``)
-through :func:`client.batch.submit_many` at each ``--concurrency``; patients/s of the
+through :func:`covidct.client.batch.submit_many` at each ``--concurrency``; patients/s of the
 whole batch (reading included).
 
-    python -m benchmarks.bench_client --url localhost:8001
-    python -m benchmarks.bench_client --model-repository demo_output/model_repository
+    python -m covidct.benchmarks.bench_client --url localhost:8001
+    python -m covidct.benchmarks.bench_client --model-repository demo_output/model_repository
 
 Writes ``bench_client.json`` into ``--output``. Never asserted in tests.
 """
@@ -30,12 +30,12 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 
-from benchmarks.common import machine_info, triton_endpoint, write_json
-from client.batch import submit_many
-from client.submit import PipelineClient, read_volume
-from client.transport import TransportConfig
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.benchmarks.common import machine_info, triton_endpoint, write_json
+from covidct.client.batch import submit_many
+from covidct.client.submit import PipelineClient, read_volume
+from covidct.client.transport import TransportConfig
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 ENSEMBLE = "covid_ct_pipeline"
 

@@ -1,7 +1,7 @@
 """DICOM pixel decoding speed per decoder: ms per slice on one core, in-process.
 
 For each series (``--series``, a DICOM folder or zip; one or more) and each named pixel
-decoder of :mod:`preprocessing.io.pixel_decoders` (``nvimgcodec``, ``gdcm``,
+decoder of :mod:`covidct.preprocessing.io.pixel_decoders` (``nvimgcodec``, ``gdcm``,
 ``pylibjpeg``) that is available here, the whole series is decoded to HU int16
 ``[N, H, W]`` in this process (``decode_workers=1``) exactly as the reader decodes it:
 file read, header parse, pixel decode, rescale. One warm-up run (which also records the
@@ -12,7 +12,7 @@ floor under every decoder. Every decoder's HU are compared with pylibjpeg's (the
 reference: a dependency of the bundle). Decoders unavailable here are listed with the
 reason. Run from the repository root::
 
-    python -m benchmarks.bench_decode --series DIR [DIR ...] --out OUT [--repeats 5]
+    python -m covidct.benchmarks.bench_decode --series DIR [DIR ...] --out OUT [--repeats 5]
 
 Writes ``OUT/decode.md`` and ``OUT/decode.json``.
 """
@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from tqdm import tqdm
 
-from benchmarks.common import machine_info, machine_line, markdown_table, median_ms, write_json
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_decode import DecodeTask, decode_series_recorded, tasks_for_slices
-from preprocessing.io.dicom_scan import quiet_pydicom
-from preprocessing.io.dicom_series import scan_dicom
-from preprocessing.io.pixel_decoders import PYLIBJPEG, decoder_statuses, resolve_decoder_order
+from covidct.progress import progress as progress_bar
+from covidct.benchmarks.common import machine_info, machine_line, markdown_table, median_ms, write_json
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_decode import DecodeTask, decode_series_recorded, tasks_for_slices
+from covidct.preprocessing.io.dicom_header import quiet_pydicom
+from covidct.preprocessing.io.dicom_series import scan_dicom
+from covidct.preprocessing.io.pixel_decoders import PYLIBJPEG, decoder_statuses, resolve_decoder_order
 
 DATA_ENV = "COVIDCT_DATA_DIR"
 READ_ONLY = "read only (no decode)"
@@ -67,7 +67,7 @@ def transfer_syntax_name(task: DecodeTask) -> str:
     return str(ds.file_meta.TransferSyntaxUID.keyword)
 
 
-def bench_series(folder: Path, decoders: tuple[str, ...], repeats: int, progress: tqdm) -> dict[str, Any]:
+def bench_series(folder: Path, decoders: tuple[str, ...], repeats: int, progress: Any) -> dict[str, Any]:
     """Time every decoder on one series: a dict with the series' shape and one row per decoder."""
     tasks = tasks_for_slices(scan_dicom(folder, ReaderConfig()).slices)
     n = len(tasks)
@@ -158,11 +158,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pinned = None if args.no_pin else pin_to_one_cpu()
     machine = machine_info()
     series = []
-    with tqdm(total=len(args.series) * (1 + len(decoders)), desc="decoding", unit="run", file=sys.stderr) as bar:
+    runs = len(args.series) * (1 + len(decoders))
+    with progress_bar(total=runs, desc="decoding", unit="run", file=sys.stderr) as bar:
         for folder in args.series:
             bar.set_postfix_str(folder.name)
             series.append(bench_series(folder, decoders, args.repeats, bar))
-    command = ("python -m benchmarks.bench_decode --series " + " ".join(_series_argument(p) for p in args.series)
+    command = ("python -m covidct.benchmarks.bench_decode --series "
+               + " ".join(_series_argument(p) for p in args.series)
                + f" --out {args.out.as_posix()} --repeats {args.repeats}" + (" --no-pin" if args.no_pin else ""))
     result = {
         "benchmark": "bench_decode",

@@ -1,7 +1,7 @@
 """Time to make and store the DICOM results of one patient (SEG + SR).
 
-A phantom series (default 406 slices of 512 x 512, ``preprocessing.synthetic.phantom``
-written by ``preprocessing.io.series_writer``) gets an answer made from its own masks on
+A phantom series (default 406 slices of 512 x 512, ``covidct.preprocessing.synthetic.phantom``
+written by ``covidct.preprocessing.io.series_writer``) gets an answer made from its own masks on
 the server's reduced grid (128 x 128, as the ensemble answers), so no Triton is needed.
 Measured per patient, median of ``--repeats`` runs (seconds):
 
@@ -10,12 +10,12 @@ Measured per patient, median of ``--repeats`` runs (seconds):
 - ``sr_s``: the TID 1500 report;
 - ``write_s``: writing both files (temporary names, then rename);
 - ``stow_s`` / ``cstore_s``: storing both in Orthanc through STOW-RS / C-STORE, on
-  loopback. Orthanc is started by :mod:`benchmarks.orthanc` when it is installed
+  loopback. Orthanc is started by :mod:`covidct.benchmarks.orthanc` when it is installed
   and neither ``--stow`` nor ``--store`` is given; otherwise these are skipped.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_dicom_results [--slices 406 --size 512] [--out results.json]
+    python -m covidct.benchmarks.bench_dicom_results [--slices 406 --size 512] [--out results.json]
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info, write_json
-from client.dicom_results import read_source_headers, write_dicom_results
-from client.dicom_seg import build_segmentation
-from client.dicom_sr import build_report
-from client.dicom_results import DicomResults
-from client.pacs import StoreDestination, StowDestination, parse_destination
-from client.result import PipelineResult
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.benchmarks.common import machine_info, write_json
+from covidct.client.dicom_results import read_source_headers, write_dicom_results
+from covidct.client.dicom_seg import build_segmentation
+from covidct.client.dicom_sr import build_report
+from covidct.client.dicom_results import DicomResults
+from covidct.client.pacs import StoreDestination, StowDestination, parse_destination
+from covidct.client.result import PipelineResult
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 GRID = 128
 CARD = {
@@ -77,7 +77,7 @@ def _destinations(args, folder: Path):
         yield [d for d in (parse_destination(args.stow, None), parse_destination(None, args.store)) if d]
         return
     try:
-        from benchmarks.orthanc import orthanc_missing_reason, start_orthanc
+        from covidct.benchmarks.orthanc import orthanc_missing_reason, start_orthanc
     except ImportError:
         yield []
         return

@@ -1,16 +1,17 @@
 """Exported-network timings: ONNX Runtime CPU latency per slice, ONNX file sizes.
 
 Not a test: exports each network (random weights, probability head, the exporter of
-:mod:`export.onnx_export`) into a temporary folder, then times ONNX Runtime CPU sessions
+:mod:`covidct.export.onnx_export`) into a temporary folder, then times ONNX Runtime CPU sessions
 at each batch size (slices per run) and intra-op thread count. Each figure is the
 median of ``--repeats`` runs after one warm-up run; ``ms/slice`` = wall time / slices.
 CPU time is reported too: on a shared machine it does not count waiting for a core::
 
-    .venv/bin/python -m benchmarks.bench_export                       # cnn6@224, resnet50v2_fpn@512
-    .venv/bin/python -m benchmarks.bench_export --networks cnn6:224 --batches 1 16 64 --out bench.json
-    .venv/bin/python -m benchmarks.bench_export --checkpoints training/shipped/classifier training/shipped/segmenter
+    .venv/bin/python -m covidct.benchmarks.bench_export                       # cnn6@224, resnet50v2_fpn@512
+    .venv/bin/python -m covidct.benchmarks.bench_export --networks cnn6:224 --batches 1 16 64 --out bench.json
+    .venv/bin/python -m covidct.benchmarks.bench_export \
+        --checkpoints training/shipped/classifier training/shipped/segmenter
 
-GPU latency (torch FP16 runner behind Triton) is measured by :mod:`benchmarks.gpu_run`.
+GPU latency (torch FP16 runner behind Triton) is measured by :mod:`covidct.benchmarks.gpu_run`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info, median_ms, write_json
+from covidct.benchmarks.common import machine_info, median_ms, write_json
 
 
 def export_random(name: str, size: int, folder: Path) -> tuple[Path, str, str, int]:
     """Export ``name`` at ``size`` with random weights; (path, input, output, bytes)."""
     import torch
 
-    from export.config import OnnxExportConfig
-    from export.onnx_export import export_network, runner_io
-    from preprocessing.config import ModelInputConfig, PipelineConfig
-    from training.registry import create_model
+    from covidct.export.config import OnnxExportConfig
+    from covidct.export.onnx_export import export_network, runner_io
+    from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+    from covidct.training.registry import create_model
 
     torch.manual_seed(0)
     network = create_model(name, input_size=size)
@@ -47,7 +48,7 @@ def export_random(name: str, size: int, folder: Path) -> tuple[Path, str, str, i
 
 def export_trained(checkpoint: Path, folder: Path) -> tuple[Path, str, str, int, str, int]:
     """Export a checkpoint folder as served; (path, input, output, bytes, network, size)."""
-    from export.onnx_export import export_checkpoint
+    from covidct.export.onnx_export import export_checkpoint
 
     result = export_checkpoint(checkpoint, folder / f"{checkpoint.name}.onnx")
     size = int(result.input.dims[-1])
@@ -79,7 +80,8 @@ def bench_network(name: str, size: int, batches: list[int], threads: list[int], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m covidct.benchmarks.bench_export",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--networks", nargs="*", default=None, metavar="NAME:SIZE",
                         help="registered networks with random weights (default cnn6:224 resnet50v2_fpn:512)")
     parser.add_argument("--checkpoints", nargs="*", default=[], type=Path, metavar="DIR",

@@ -3,10 +3,10 @@
 Not a test: prints a table (and optionally writes JSON). Pin it to one core for per-core
 figures (HU + masks + selection on 512x512 is the part that runs on every slice)::
 
-    taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --slices 406 --out bench.json
-    taskset -c 0 .venv/bin/python -m benchmarks.bench_preprocessing --series /path/to/dicom_folder
+    taskset -c 0 .venv/bin/python -m covidct.benchmarks.bench_preprocessing --slices 406 --out bench.json
+    taskset -c 0 .venv/bin/python -m covidct.benchmarks.bench_preprocessing --series /path/to/dicom_folder
 
-The volume is the synthetic phantom (``preprocessing.synthetic.phantom.make_phantom``) unless
+The volume is the synthetic phantom (``covidct.preprocessing.synthetic.phantom.make_phantom``) unless
 ``--series`` names a real series. Stages on the whole volume are reported per volume
 slice (N); stages after selection per selected slice (K). Each figure is the median of
 ``--repeats`` runs.
@@ -23,13 +23,13 @@ import argparse  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import add_volume_arguments, machine_info, median_ms, series_or_phantom, write_json  # noqa: E402
+from covidct.benchmarks.common import add_volume_arguments, machine_info, median_ms, series_or_phantom, write_json  # noqa: E402
 from covidct.serving.steps import preprocess_step  # noqa: E402
-from preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
-from preprocessing.hu_window import window_normalize  # noqa: E402
-from preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
-from preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # noqa: E402
-from preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig  # noqa: E402
+from covidct.preprocessing.hu_window import window_normalize  # noqa: E402
+from covidct.preprocessing.lung_masks import lung_and_infection_masks  # noqa: E402
+from covidct.preprocessing.model_inputs import classifier_inputs, segmenter_inputs  # noqa: E402
+from covidct.preprocessing.slice_selection import select_open_lung_slices  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:

@@ -1,8 +1,8 @@
 """Series reading speed: ms per slice, headers + decode + HU, for DICOM folders.
 
 Cases:
-- an uncompressed phantom series (default 406 slices of 512x512: ``preprocessing.synthetic.phantom``
-  written by ``preprocessing.io.series_writer`` into a temporary folder);
+- an uncompressed phantom series (default 406 slices of 512x512: ``covidct.preprocessing.synthetic.phantom``
+  written by ``covidct.preprocessing.io.series_writer`` into a temporary folder);
 - the real COVID-CT-MD series (JPEG Lossless), from ``--data-dir`` or
   ``COVIDCT_DATA_DIR``; skipped when neither is given.
 
@@ -11,7 +11,7 @@ median of ``--repeats`` runs is reported: wall time per slice, CPU time per slic
 (this process plus its pool workers; less sensitive to other load on the machine) and
 the header scan alone. Run from the repository root::
 
-    python -m benchmarks.bench_reading [--data-dir DIR] [--out results.json]
+    python -m covidct.benchmarks.bench_reading [--data-dir DIR] [--out results.json]
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_info, write_json
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_series import scan_dicom
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.benchmarks.common import machine_info, write_json
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_series import scan_dicom
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 REAL_SERIES = ("P002", "cap002", "normal002")
 

@@ -1,13 +1,13 @@
 """Per-patient latency of the served ensemble over gRPC, with Triton's per-step breakdown.
 
 For each slice count, a synthetic phantom series (``--size`` x ``--size`` int16 HU) is
-sent ``--repeats`` times (after one warm-up request) with :func:`client.submit.submit`;
+sent ``--repeats`` times (after one warm-up request) with :func:`covidct.client.submit.submit`;
 the client-side wall time is reported, and Triton's statistics
 (``get_inference_statistics``) give, per model and request, the server-side time split
 into queue / compute input / compute infer / compute output.
 
-    python -m benchmarks.bench_serving --model-repository demo_output/model_repository
-    python -m benchmarks.bench_serving            # trains + exports the demo models first
+    python -m covidct.benchmarks.bench_serving --model-repository demo_output/model_repository
+    python -m covidct.benchmarks.bench_serving            # trains + exports the demo models first
 
 Prints a table and writes ``bench_serving.json`` into ``--output``. Timings are never
 asserted in tests; this is a measurement tool.
@@ -22,9 +22,9 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 
-from benchmarks.common import machine_info, triton_endpoint, write_json
-from client.submit import submit
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.benchmarks.common import machine_info, triton_endpoint, write_json
+from covidct.client.submit import submit
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 ENSEMBLE = "covid_ct_pipeline"
 STEPS = ("preprocess", "classifier", "segmenter", "vote")
@@ -51,9 +51,9 @@ def breakdown(before: dict, after: dict) -> dict[str, float]:
 
 
 def repository_from_demo_models(output: Path, quick: bool) -> Path:
-    from export.config import RepositoryOptions
-    from export.repository import build_repository
-    from training.demo_models import train_demo_models
+    from covidct.export.config import RepositoryOptions
+    from covidct.export.repository import build_repository
+    from covidct.training.demo_models import train_demo_models
 
     checkpoints = train_demo_models(output / "checkpoints", seed=0, quick=quick)
     return build_repository(

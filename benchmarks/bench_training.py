@@ -3,8 +3,8 @@
 One training step = forward + BCE/CCE loss + backward + optimiser step on random input
 ``[B, C, S, S]`` float32; warm-up steps are not timed. Never asserted in tests.
 
-    python -m benchmarks.bench_training                       # cnn6 224 + resnet50v2_fpn 512
-    python -m benchmarks.bench_training --model unet --size 256 --batch 4 --steps 5
+    python -m covidct.benchmarks.bench_training                       # cnn6 224 + resnet50v2_fpn 512
+    python -m covidct.benchmarks.bench_training --model unet --size 256 --batch 4 --steps 5
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from benchmarks.common import machine_info
-from training.losses import make_loss
-from training.registry import create_model
-from training.trainer import default_loss, make_optimizer
+from covidct.benchmarks.common import machine_info
+from covidct.training.losses import make_loss
+from covidct.training.registry import create_model
+from covidct.training.trainer import default_loss, make_optimizer
 
 DEFAULT_CASES = (("cnn6", 224, 16, 10), ("resnet50v2_fpn", 512, 2, 3))
 

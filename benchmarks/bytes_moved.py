@@ -24,7 +24,7 @@ A *full-volume crossing* is a step input or output at least as large (bytes) as
 ``preprocess``. Network inputs are float32 resized to ``S x S``, so on slices much smaller
 than 512 x 512 they can outgrow the volume; the report lists every crossing by name.
 
-    python -m benchmarks.bytes_moved --model-repository demo_output/model_repository --slices 35 406 --size 512
+    python -m covidct.benchmarks.bytes_moved --model-repository demo_output/model_repository --slices 35 406 --size 512
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import markdown_table, phantom_volume
+from covidct.benchmarks.common import markdown_table, phantom_volume
 from covidct.errors import ConfigError
 from covidct.serving import tensors as T
 from covidct.serving.step_model import parse_model_versions, read_model_cards
 from covidct.serving.steps import preprocess_step, vote_step
-from export.pbtxt import get_parameter, latest_version_dir, read_config
-from preprocessing.config import PipelineConfig
+from covidct.export.pbtxt import get_parameter, latest_version_dir, read_config
+from covidct.preprocessing.config import PipelineConfig
 
 CLIENT = "client"
 """The name of the client <-> server boundary in reports (inputs: request, outputs: answer)."""

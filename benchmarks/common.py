@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from covidct.errors import BenchmarkToolError, ConfigError
-from covidct.triton_server import TRITON_DIR_ENV
+from covidct.app.triton_install import TRITON_DIR_ENV
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNKNOWN = "unknown"
@@ -180,7 +180,7 @@ def fit_latency(slices: Sequence[int], latencies_s: Sequence[float]) -> LinearFi
 
 def phantom_volume(num_slices: int, size: int, seed: int):
     """A COVID-positive phantom series (int16 HU ``[num_slices, size, size]``)."""
-    from preprocessing.synthetic.phantom import make_phantom
+    from covidct.preprocessing.synthetic.phantom import make_phantom
 
     return make_phantom(num_slices, size=size, covid=True, seed=seed).volume
 
@@ -200,7 +200,7 @@ def series_or_phantom(series: str | None, slices: int, size: int, seed: int) -> 
     """``(CTVolume, label)``: the series at ``series`` when given, else a COVID phantom
     (``slices`` x ``size`` x ``size``, seeded)."""
     if series:
-        from preprocessing.io.series_reader import read_series
+        from covidct.preprocessing.io.series_reader import read_series
 
         return read_series(series), f"series {Path(series).name}"
     return phantom_volume(slices, size, seed), f"phantom seed {seed}"
@@ -219,7 +219,7 @@ def triton_endpoint(
         return
     if repository is None:
         raise ConfigError("give a model repository (--model-repository) or the gRPC --url of a running server")
-    from covidct.triton_server import ServerConfig, TritonServer
+    from covidct.app.triton_server import ServerConfig, TritonServer
 
     config = ServerConfig(Path(repository), log_path=out_dir / log_name, startup_timeout_s=300, gpu=gpu)
     server = TritonServer(config)

@@ -17,13 +17,13 @@
 #    stays the one with torch, so the launcher hands the stub torch's site-packages unchanged,
 #    and no .pth file is needed to reach a site that is not the system one).
 #    --emulate-image also refuses imports of anything neither the GPU machine's image nor the
-#    bundle holds (benchmarks.gpu_image.guard_imports): a dry run here then fails where the
+#    bundle holds (covidct.benchmarks.gpu_image.guard_imports): a dry run here then fails where the
 #    GPU machine would.
 # 3. correctness first: tests/unit/test_device_numerics.py on the device (the torch numerics equal
-#    the numpy implementation they replaced), then benchmarks.gpu_parity (export seeded random
+#    the numpy implementation they replaced), then covidct.benchmarks.gpu_parity (export seeded random
 #    weights, serve with KIND_GPU instances - KIND_CPU with --device cpu - compare every output
 #    with the in-process reference).
-# 4. then benchmarks.gpu_run on the same repository: paper 002's Table 5 slice counts with the naive
+# 4. then covidct.benchmarks.gpu_run on the same repository: paper 002's Table 5 slice counts with the naive
 #    FP32 loop, throughput at concurrency 1-16 with the GPU memory peak (--quick: tiny sizes).
 # Each phase runs under `timeout` within --budget-s seconds in all (default 420: with the 10 s kill
 # grace and a stopped server's 30 s shutdown the whole check stays under 8 minutes).
@@ -120,7 +120,7 @@ PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || fail "c
 BUNDLE_PY=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["python_version"])' \
   "$BUNDLE/manifest.json") || fail "no readable $BUNDLE/manifest.json (run \`make gpu-bundle\`)"
 [ "$PYVER" = "$BUNDLE_PY" ] || fail "$PY is Python $PYVER but the bundle was built for Python $BUNDLE_PY" \
-  "(rebuild: python -m benchmarks.gpu_bundle --out gpu_bundle --python-version $PYVER)"
+  "(rebuild: python -m covidct.benchmarks.gpu_bundle --out gpu_bundle --python-version $PYVER)"
 TORCH_INFO=$("$PY" -c 'import torch; c = torch.cuda.is_available()
 print(torch.__version__, torch.version.cuda or "none", int(c), torch.cuda.get_device_name(0) if c else "-", sep="|")') \
   || fail "torch is not importable by $PY"
@@ -149,19 +149,19 @@ EOF
 # 2. the bundle ---------------------------------------------------------------------------------
 T0=$SECONDS
 rm -rf "$WORK/env"
-PYTHONPATH="$REPO" "$PY" -m benchmarks.gpu_bundle --install "$BUNDLE" --dest "$WORK/env" \
+PYTHONPATH="$REPO" "$PY" -m covidct.benchmarks.gpu_bundle --install "$BUNDLE" --dest "$WORK/env" \
   || fail "the bundle $BUNDLE did not install (see the message above)"
 export COVIDCT_TRITON_DIR="$WORK/env/triton"
 export PYTHONPATH="$WORK/env/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$EMULATE" = 1 ]; then
   mkdir -p "$WORK/env/guard"
-  printf 'from benchmarks.gpu_image import guard_imports\n\nguard_imports()\n' > "$WORK/env/guard/sitecustomize.py"
+  printf 'from covidct.benchmarks.gpu_image import guard_imports\n\nguard_imports()\n' > "$WORK/env/guard/sitecustomize.py"
   export PYTHONPATH="$WORK/env/guard:$PYTHONPATH"
 fi
 export PYTHONUNBUFFERED=1
-"$PY" -c 'import benchmarks.gpu_parity, benchmarks.gpu_run, benchmarks.paper_comparison, benchmarks.throughput
-import client.submit, covidct.triton_server, export.repository, tritonclient.grpc
-from covidct.triton_server import locate_triton; print("gpu_check: server", locate_triton().server_bin)' \
+"$PY" -c 'import covidct.benchmarks.gpu_parity, covidct.benchmarks.gpu_run, covidct.benchmarks.paper_comparison, covidct.benchmarks.throughput
+import covidct.client.submit, covidct.app.triton_server, covidct.export.repository, tritonclient.grpc
+from covidct.app.triton_install import locate_triton; print("gpu_check: server", locate_triton().server_bin)' \
   || fail "the run's modules do not import with the bundle installed (see the traceback above)"
 phase_s install $((SECONDS - T0))
 
@@ -177,7 +177,7 @@ phase_s numerics $((SECONDS - T0))
 QUICK_ARG=(); [ "$QUICK" = 1 ] && QUICK_ARG=(--quick)
 LIMIT=$(remaining); [ "$LIMIT" -gt 30 ] || fail "no time left for the parity check (budget $BUDGET_S s)"
 T0=$SECONDS rc=0
-timeout -k 10 "$LIMIT" "$PY" -m benchmarks.gpu_parity --out "$OUTDIR/parity" --device "$DEVICE" \
+timeout -k 10 "$LIMIT" "$PY" -m covidct.benchmarks.gpu_parity --out "$OUTDIR/parity" --device "$DEVICE" \
   --repository-out "$WORK" "${QUICK_ARG[@]}" || rc=$?
 phase_s parity $((SECONDS - T0))
 [ "$rc" != 124 ] && [ "$rc" != 137 ] || fail "the parity check ran out of the budget ($LIMIT s left of $BUDGET_S s)"
@@ -189,7 +189,7 @@ BENCH_ARGS=(--repeats 3 --naive-repeats 2 --instances 1)  # Table 5 slice counts
 [ "$QUICK" = 1 ] && BENCH_ARGS=(--quick)
 LIMIT=$(( $(remaining) - 10 )); [ "$LIMIT" -gt 30 ] || fail "no time left for the benchmark (budget $BUDGET_S s)"
 T0=$SECONDS rc=0
-timeout -k 10 "$LIMIT" "$PY" -m benchmarks.gpu_run --out "$WORK/benchmark" --device "$DEVICE" \
+timeout -k 10 "$LIMIT" "$PY" -m covidct.benchmarks.gpu_run --out "$WORK/benchmark" --device "$DEVICE" \
   --model-repository "$WORK/model_repository" "${BENCH_ARGS[@]}" || rc=$?
 phase_s benchmark $((SECONDS - T0))
 [ "$rc" != 124 ] && [ "$rc" != 137 ] || fail "the benchmark ran out of the budget ($LIMIT s; partial reports kept)"

@@ -3,7 +3,7 @@
 :data:`GPU_IMAGE_PACKAGES`: the distributions the GPU machine's interpreter holds (Python
 3.12, torch 2.11 with CUDA 13, numpy 2.x; no Triton server or client, no pydicom, nibabel
 or python-rapidjson). :func:`guard_imports` makes an interpreter refuse every module whose
-distribution is neither there nor in the bundle (:mod:`benchmarks.gpu_bundle`), so a dry
+distribution is neither there nor in the bundle (:mod:`covidct.benchmarks.gpu_bundle`), so a dry
 run of ``benchmarks/gpu_check.sh`` on a development machine fails where the GPU machine
 would. Only the standard library is imported.
 """
@@ -72,7 +72,7 @@ def guard_imports(allowed: frozenset[str] | None = None) -> ImageImportGuard:
     """Install :class:`ImageImportGuard` first on ``sys.meta_path``; default ``allowed``: the GPU
     image, the bundle and this project. Returns the guard (remove it from ``sys.meta_path`` to undo)."""
     if allowed is None:
-        from benchmarks.gpu_bundle import PACKAGES
+        from covidct.benchmarks.gpu_bundle_packages import PACKAGES
 
         allowed = GPU_IMAGE_PACKAGES | {p.name for p in PACKAGES} | {PROJECT_DISTRIBUTION}
     guard = ImageImportGuard(allowed)

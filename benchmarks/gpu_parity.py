@@ -13,9 +13,9 @@ in torch FP32 on the CPU:
   (its float measurements within 1e-5 relative: the stub's numpy 1.26 and the client's
   numpy 2 may round the last bits apart); ``MASK_SPACING_MM`` and ``LUNG_VOLUME_ML`` within
   1e-6 relative (float32 of the same mask);
-- ``SLICE_PROBABILITIES`` within ``atol``: :data:`export.config.FP16_TOLERANCE` (0.02) on
+- ``SLICE_PROBABILITIES`` within ``atol``: :data:`covidct.export.config.FP16_TOLERANCE` (0.02) on
   the GPU, where half precision keeps ~3 decimal digits over ~50 layers, and
-  :class:`export.config.ParityTolerance` (1e-4; FP32 ONNX Runtime vs torch differ ~1e-6 by
+  :class:`covidct.export.config.ParityTolerance` (1e-4; FP32 ONNX Runtime vs torch differ ~1e-6 by
   summation order) on the CPU;
 - the outputs a threshold makes from probabilities may differ only where the reference
   probability is within ``atol`` of that threshold ("ambiguous"): ``INFECTION_MASK`` only
@@ -24,8 +24,8 @@ in torch FP32 on the CPU:
   unless those slices can move the positive fraction across ``VOTE_THRESHOLD``
   (reported per series as ``verdict_ambiguous``).
 
-    python -m benchmarks.gpu_parity --out OUT --device cuda                 # on the GPU machine
-    python -m benchmarks.gpu_parity --out OUT --device cpu --quick          # dry run, 2 cores
+    python -m covidct.benchmarks.gpu_parity --out OUT --device cuda                 # on the GPU machine
+    python -m covidct.benchmarks.gpu_parity --out OUT --device cpu --quick          # dry run, 2 cores
 
 Writes ``gpu_parity.json`` and ``gpu_parity.md`` into ``--out`` and exits 1 with every
 mismatch named (series, tensor, value, expected) when one is found.
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine_info, markdown_table, write_json, write_resolved_config
+from covidct.benchmarks.common import machine_info, markdown_table, write_json, write_resolved_config
 from covidct.errors import ConfigError, CovidCTError, ParityError
 from covidct.serving import tensors as T
 
@@ -86,7 +86,7 @@ class ParityConfig:
 
     @property
     def tolerance(self) -> float:
-        from export.config import FP16_TOLERANCE, ParityTolerance
+        from covidct.export.config import FP16_TOLERANCE, ParityTolerance
 
         if self.atol is not None:
             return self.atol
@@ -99,8 +99,8 @@ class TorchNetwork:
     keeps the last output (``INFECTION_PROBABILITY`` tells which mask voxels are ambiguous)."""
 
     def __init__(self, folder: Path) -> None:
-        from training.checkpoint import load_checkpoint
-        from training.heads import probability_model
+        from covidct.training.checkpoint import load_checkpoint
+        from covidct.training.heads import probability_model
 
         network, model_config, _ = load_checkpoint(folder)
         self.model = probability_model(network, model_config).float()
@@ -117,7 +117,7 @@ class TorchNetwork:
 def served_metadata(repository: Path) -> tuple[tuple[str, ...], str]:
     """(``MODEL_VERSIONS``, ``MODEL_CARD`` text) the vote model of ``repository`` answers."""
     from covidct.serving.step_model import parse_model_versions, read_model_cards
-    from export.pbtxt import get_parameter, latest_version_dir, read_config
+    from covidct.export.pbtxt import get_parameter, latest_version_dir, read_config
 
     vote = repository / "vote"
     return parse_model_versions(get_parameter(read_config(vote), "model_versions", "")), \
@@ -139,9 +139,9 @@ def compare(served: dict[str, np.ndarray], reference: dict[str, np.ndarray], inf
     """Mismatches (``"TENSOR: got ...; expected ..."``) of one answer and what was measured.
 
     infection_probability: the reference segmenter's ``[L, 1, S, S]`` output; config: the served
-    :class:`preprocessing.config.PipelineConfig`.
+    :class:`covidct.preprocessing.config.PipelineConfig`.
     """
-    from preprocessing.resize import resize_nearest
+    from covidct.preprocessing.resize import resize_nearest
 
     wrong: list[str] = []
     for name in T.ENSEMBLE_OUTPUTS:
@@ -224,7 +224,7 @@ def compare(served: dict[str, np.ndarray], reference: dict[str, np.ndarray], inf
 # ------------------------------------------------------------------------ run
 def prepare_repository(cfg: ParityConfig, out: Path) -> Path:
     """The repository to serve: the given one, or seeded random-weight networks exported for ``cfg.device``."""
-    from benchmarks.gpu_run import gpu_repository, random_checkpoints
+    from covidct.benchmarks.gpu_run import gpu_repository, random_checkpoints
 
     if cfg.model_repository:
         return Path(cfg.model_repository)
@@ -237,8 +237,8 @@ def served_answer(client, volume, timeout_s: float) -> tuple[dict[str, np.ndarra
     """Every ensemble output of one series through the client library, and the round trip (s)."""
     import tritonclient.grpc as grpcclient
 
-    from client.result import output_arrays
-    from client.submit import build_inputs
+    from covidct.client.result import output_arrays
+    from covidct.client.submit import build_inputs
 
     client.wait_ready()
     outputs = [grpcclient.InferRequestedOutput(name) for name in T.ENSEMBLE_OUTPUTS]
@@ -269,12 +269,12 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def run(cfg: ParityConfig) -> dict[str, Any]:
     """Export (unless given), serve, compare every series; write the report; raise ParityError on any mismatch."""
-    from client.submit import PipelineClient
+    from covidct.client.submit import PipelineClient
     from covidct.serving.steps import run_pipeline_reference
-    from covidct.triton_server import ServerConfig, TritonServer
-    from export.pbtxt import latest_version_dir
-    from preprocessing.config import PipelineConfig
-    from preprocessing.synthetic.phantom import make_phantom
+    from covidct.app.triton_server import ServerConfig, TritonServer
+    from covidct.export.pbtxt import latest_version_dir
+    from covidct.preprocessing.config import PipelineConfig
+    from covidct.preprocessing.synthetic.phantom import make_phantom
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

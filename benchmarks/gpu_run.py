@@ -10,22 +10,22 @@ the dry run of ``benchmarks/gpu_check.sh``. One command runs:
    light ``unet`` 256 px segmenter) with one shared pipeline config. Random weights give
    valid timings (the arithmetic does not depend on the values) and meaningless
    verdicts; the report says which was used. ``--model-repository`` skips steps 1-2 and
-   serves that repository (e.g. the one :mod:`benchmarks.gpu_parity` checked).
+   serves that repository (e.g. the one :mod:`covidct.benchmarks.gpu_parity` checked).
 2. the ``portable`` repository with ``KIND_GPU`` instances
    (``RepositoryOptions(gpu=True)``): the torch FP16 runner (channels_last, CUDA graphs).
-3. :mod:`benchmarks.paper_comparison` with the server's GPU support on and the naive
+3. :mod:`covidct.benchmarks.paper_comparison` with the server's GPU support on and the naive
    baseline in torch FP32 on ``cuda:0``, one slice at a time (the paper's setting);
-   then :mod:`benchmarks.throughput` (concurrency 1-16, instances of the heavy steps, GPU
+   then :mod:`covidct.benchmarks.throughput` (concurrency 1-16, instances of the heavy steps, GPU
    memory peak from ``nv_gpu_memory_used_bytes``) and, with ``--perf-analyzer``,
-   :mod:`benchmarks.perf_analyzer`.
+   :mod:`covidct.benchmarks.perf_analyzer`.
 
-    python -m benchmarks.gpu_run --out benchmarks/results/h100            # on the GPU machine
-    python -m benchmarks.gpu_run --out /tmp/gpu_prep --prepare-only      # any machine: steps 1-2
-    python -m benchmarks.gpu_run --out OUT --device cpu --quick          # dry run: 128 px, 8/12 slices
+    python -m covidct.benchmarks.gpu_run --out benchmarks/results/h100            # on the GPU machine
+    python -m covidct.benchmarks.gpu_run --out /tmp/gpu_prep --prepare-only      # any machine: steps 1-2
+    python -m covidct.benchmarks.gpu_run --out OUT --device cpu --quick          # dry run: 128 px, 8/12 slices
 
 Writes ``gpu_run.json`` and ``gpu_run.md`` (summary) beside the benchmarks' own folders.
 Requirements on the GPU machine: torch built with CUDA, onnx, onnxruntime, tritonclient and
-the ``nvidia-pytriton`` server (``make setup``, or the bundle of :mod:`benchmarks.gpu_bundle`).
+the ``nvidia-pytriton`` server (``make setup``, or the bundle of :mod:`covidct.benchmarks.gpu_bundle`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import markdown_table, write_json, write_resolved_config
+from covidct.benchmarks.common import markdown_table, write_json, write_resolved_config
 from covidct.errors import BenchmarkToolError, ConfigError
 
 CLASSIFIER = "resnet50v2_fpn"
@@ -96,9 +96,9 @@ def random_checkpoints(out: Path, classifier_size: int = 512, segmenter_size: in
     (``out/checkpoints/{classifier,segmenter}``; input sides in pixels)."""
     import torch
 
-    from preprocessing.config import ModelInputConfig, PipelineConfig
-    from training.checkpoint import save_checkpoint
-    from training.registry import create_model
+    from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+    from covidct.training.checkpoint import save_checkpoint
+    from covidct.training.registry import create_model
 
     pipeline = PipelineConfig(
         classifier_input=ModelInputConfig(size=classifier_size),
@@ -117,8 +117,8 @@ def random_checkpoints(out: Path, classifier_size: int = 512, segmenter_size: in
 def gpu_repository(out: Path, checkpoints: dict[str, Path], gpu: bool = True) -> Path:
     """The portable repository ``out/model_repository``: ``KIND_GPU`` runners (torch FP16)
     with ``gpu``, else ``KIND_CPU`` (ONNX Runtime FP32)."""
-    from export.config import RepositoryOptions
-    from export.repository import build_repository
+    from covidct.export.config import RepositoryOptions
+    from covidct.export.repository import build_repository
 
     return Path(build_repository(checkpoints["classifier"], checkpoints["segmenter"], out / "model_repository",
                                  profile="portable", options=RepositoryOptions(gpu=gpu, overwrite=True)))
@@ -140,7 +140,7 @@ def device_label(cfg: GpuRunConfig) -> str:
     """What ran the networks: the GPU's name, or the CPU's model."""
     if cfg.gpu:
         return require_cuda()
-    from benchmarks.common import cpu_model
+    from covidct.benchmarks.common import cpu_model
 
     return f"CPU {cpu_model()}"
 
@@ -202,7 +202,7 @@ def run(cfg: GpuRunConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"device": device, "device_kind": cfg.device, "torch": torch.__version__,
                                "weights": weights, "repository": str(repository)}
     if not cfg.prepare_only:
-        from benchmarks import paper_comparison, perf_analyzer, throughput
+        from covidct.benchmarks import paper_comparison, perf_analyzer, throughput
 
         precision = "gpu-fp16" if cfg.gpu else "cpu-fp32"
         paper = paper_comparison.run(paper_comparison.PaperComparisonConfig(

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prom_metrics import fetch_metrics_text, read_triton_metric
+from covidct.benchmarks.prom_metrics import fetch_metrics_text, read_triton_metric
 from covidct.errors import ServerError
 
 NO_GPU = "n/a - no GPU"

@@ -2,19 +2,20 @@
 
 For each slice count of the paper's Table 5 (:data:`PAPER_TABLE5_S`: 35 ... 406 slices,
 Keras on a Tesla P100), a phantom series of that many 512x512 slices is sent
-through the client (:func:`client.submit.submit`) ``--repeats`` times after
+through the client (:func:`covidct.client.submit.submit`) ``--repeats`` times after
 ``--warmup`` requests; the median and p95 of the end-to-end latency, Triton's per-step
 breakdown (deltas of ``get_inference_statistics``, mean ms per request) and the
 speed-up over the paper are reported, beside the bytes each step moves per request
-(:mod:`benchmarks.bytes_moved`: tensor sizes at the client boundary and into/out of every
+(:mod:`covidct.benchmarks.bytes_moved`: tensor sizes at the client boundary and into/out of every
 step, computed in-process with the served settings and checked against the answer's
 shapes). In the same run the naive baseline
-(:mod:`benchmarks.naive_baseline`: one slice at a time, FP32, no server) classifies the
+(:mod:`covidct.benchmarks.naive_baseline`: one slice at a time, FP32, no server) classifies the
 same series, so every report has a measured ratio ours / naive.
 
-    python -m benchmarks.paper_comparison --model-repository demo_output/model_repository --out bench_out/paper
-    python -m benchmarks.paper_comparison --model-repository REPO --url localhost:8001 --out OUT   # running server
-    python -m benchmarks.paper_comparison --model-repository REPO --quick --out OUT  # 2 small series, 1 repeat
+    python -m covidct.benchmarks.paper_comparison --model-repository demo_output/model_repository --out bench_out/paper
+    python -m covidct.benchmarks.paper_comparison --model-repository REPO \
+        --url localhost:8001 --out OUT  # running server
+    python -m covidct.benchmarks.paper_comparison --model-repository REPO --quick --out OUT  # 2 small series, 1 repeat
 
 Writes ``paper_comparison.md``, ``paper_comparison.json``, ``paper_comparison.png``,
 ``benchmark_metrics.prom`` and ``paper_comparison_config.json`` into ``--out``.
@@ -33,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tqdm import tqdm
 
-from benchmarks.bench_serving import ENSEMBLE, STEPS, breakdown, model_stats
-from benchmarks.bytes_moved import bytes_moved, bytes_table, served_request_tensors
-from benchmarks.common import (
+from covidct.progress import progress as progress_bar
+from covidct.benchmarks.bench_serving import ENSEMBLE, STEPS, breakdown, model_stats
+from covidct.benchmarks.bytes_moved import bytes_moved, bytes_table, served_request_tensors
+from covidct.benchmarks.common import (
     add_server_arguments,
     fit_latency,
     machine_info,
@@ -49,11 +50,11 @@ from benchmarks.common import (
     write_json,
     write_resolved_config,
 )
-from benchmarks.naive_baseline import NaiveBaseline
-from benchmarks.plots import plot_paper_comparison
-from benchmarks.prom_metrics import BenchmarkMetrics
-from client.result import PipelineResult
-from client.submit import submit
+from covidct.benchmarks.naive_baseline import NaiveBaseline
+from covidct.benchmarks.plots import plot_paper_comparison
+from covidct.benchmarks.prom_metrics import BenchmarkMetrics
+from covidct.client.result import PipelineResult
+from covidct.client.submit import submit
 from covidct.serving import tensors as T
 
 PAPER_TABLE5_S = {35: 2.30, 52: 3.15, 56: 3.31, 65: 3.56, 130: 9.88, 198: 12.44, 355: 13.24, 406: 23.65}
@@ -74,7 +75,7 @@ class PaperComparisonConfig:
     and metrics. metrics_port: serve the benchmark's metrics there during the run.
     gpu_server: start the server with GPU support (``KIND_GPU`` repositories).
     naive_backend / naive_device: ``onnxruntime`` on ``cpu``, or ``torch`` (FP32) on
-    ``cpu``/``cuda:0`` (:class:`benchmarks.naive_baseline.NaiveBaseline`).
+    ``cpu``/``cuda:0`` (:class:`covidct.benchmarks.naive_baseline.NaiveBaseline`).
     """
 
     model_repository: str
@@ -104,7 +105,7 @@ def paper_seconds(num_slices: int) -> tuple[float, bool]:
 
 
 def response_shape_mismatches(tensors: dict[str, np.ndarray], result: PipelineResult) -> list[str]:
-    """Answer tensors whose in-process shape (:func:`benchmarks.bytes_moved.served_request_tensors`)
+    """Answer tensors whose in-process shape (:func:`covidct.benchmarks.bytes_moved.served_request_tensors`)
     differs from the served answer's, or ``MODEL_VERSIONS`` when the entries differ; ``[]`` when all agree."""
     served = {T.SLICE_PROBABILITIES: result.slice_probabilities, T.SELECTED_INDICES: result.selected_indices,
               T.LUNG_SLICES: result.lung_slices, T.LUNG_MASK: result.lung_mask,
@@ -246,7 +247,7 @@ def run(cfg: PaperComparisonConfig, progress: bool = True) -> dict[str, Any]:
         with triton_endpoint(Path(cfg.model_repository), cfg.url, out, gpu=cfg.gpu_server) as (url, _server):
             client = grpcclient.InferenceServerClient(url)
             try:
-                for n in tqdm(cfg.slices, desc="paper comparison (slice counts)", disable=not progress):
+                for n in progress_bar(cfg.slices, desc="paper comparison (slice counts)", disable=not progress):
                     rows.append(measure_row(cfg, n, url, client, naive, metrics))
             finally:
                 client.close()

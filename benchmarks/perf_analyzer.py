@@ -12,8 +12,8 @@ For each model, the binary sweeps ``--concurrency-range`` over gRPC, writes its 
 p50/p95 latency vs concurrency). perf_analyzer reports latencies in microseconds; our
 outputs use milliseconds.
 
-    python -m benchmarks.perf_analyzer --model-repository demo_output/model_repository --out bench_out/pa
-    python -m benchmarks.perf_analyzer --model-repository REPO --url localhost:8001 --models covid_ct_pipeline
+    python -m covidct.benchmarks.perf_analyzer --model-repository demo_output/model_repository --out bench_out/pa
+    python -m covidct.benchmarks.perf_analyzer --model-repository REPO --url localhost:8001 --models covid_ct_pipeline
 
 The binary is the one ``make setup`` installs (``perf_analyzer/bin`` in the Triton folder:
 ``$COVIDCT_TRITON_DIR``, else ``.triton`` under the current directory; override with
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from benchmarks.common import (
+from covidct.progress import progress as progress_bar
+from covidct.benchmarks.common import (
     add_server_arguments,
     machine_info,
     machine_line,
@@ -49,8 +49,8 @@ from benchmarks.common import (
     write_json,
     write_resolved_config,
 )
-from benchmarks.naive_baseline import NaiveBaseline
-from benchmarks.plots import plot_concurrency
+from covidct.benchmarks.naive_baseline import NaiveBaseline
+from covidct.benchmarks.plots import plot_concurrency
 from covidct.errors import BenchmarkToolError
 from covidct.serving.tensors import CLASSIFIER_INPUT
 
@@ -91,7 +91,7 @@ class PerfAnalyzerConfig:
 
 def perf_analyzer_binary() -> Path:
     """The installed binary (``$COVIDCT_PERF_ANALYZER``, else ``<triton dir>/perf_analyzer/bin``,
-    :func:`benchmarks.common.triton_dir`)."""
+    :func:`covidct.benchmarks.common.triton_dir`)."""
     env = os.environ.get(PERF_ANALYZER_ENV)
     path = Path(env) if env else triton_dir() / "perf_analyzer" / "bin" / "perf_analyzer"
     if not (path.is_file() and os.access(path, os.X_OK)):
@@ -246,7 +246,7 @@ def run(cfg: PerfAnalyzerConfig, progress: bool = True) -> dict[str, Any]:
     data = {m: write_input_data(tensors[m], out / "input_data" / f"{m}.json") for m in cfg.models}
     results = []
     with triton_endpoint(Path(cfg.model_repository), cfg.url, out, gpu=cfg.gpu_server) as (url, _server):
-        for model in tqdm(cfg.models, desc="perf_analyzer (models)", disable=not progress):
+        for model in progress_bar(cfg.models, desc="perf_analyzer (models)", disable=not progress):
             results.append(run_model(cfg, binary, model, url, data[model], out))
     (out / "perf_analyzer_commands.txt").write_text("\n".join(r["command"] for r in results) + "\n", encoding="utf-8")
     report = {"machine": machine_info(), "config": dataclasses.asdict(cfg),

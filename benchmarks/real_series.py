@@ -11,8 +11,9 @@ shipped ones by default) and the answers are scored against the radiologists' la
   normal patients, of every infected slice (COVID-19 or CAP) against them, and of COVID-19
   infected slices against CAP slices (scikit-learn's ``roc_auc_score``).
 
-    python -m benchmarks.real_series --data ../shared/data/covid-ct-md --out benchmarks/results/cpu-2core/shipped_models
-    python -m benchmarks.real_series --data DIR --out OUT --record-in-cards   # also into the shipped model cards
+    python -m covidct.benchmarks.real_series --data ../shared/data/covid-ct-md \
+        --out benchmarks/results/cpu-2core/shipped_models
+    python -m covidct.benchmarks.real_series --data DIR --out OUT --record-in-cards  # also into the model cards
 
 Writes ``real_series.json`` and ``real_series.md``. ``--record-in-cards`` adds the figures
 to the checkpoints' model cards (``evaluation.real_series_through_server``): only figures
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine_info, machine_line
+from covidct.benchmarks.common import machine_info, machine_line
 
 
 def _auc(labels: list[int], scores: list[float]) -> float | None:
@@ -41,7 +42,7 @@ def _auc(labels: list[int], scores: list[float]) -> float | None:
 
 
 def score_series(result: Any, labels: dict[int, int], diagnosis: str) -> dict[str, Any]:
-    """Per-series figures from a :class:`client.result.PipelineResult` and slice labels (index -> 0/1)."""
+    """Per-series figures from a :class:`covidct.client.result.PipelineResult` and slice labels (index -> 0/1)."""
     probs = [float(p) for p in result.slice_probabilities]
     selected = [int(i) for i in result.selected_indices]
     labelled = [(labels[i], p) for i, p in zip(selected, probs) if labels.get(i, -1) in (0, 1)]
@@ -83,10 +84,10 @@ def pooled_figures(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_real_series(data: Path, repository: Path) -> dict[str, Any]:
     """Start a server on ``repository``, send every series of ``data``, score the answers."""
-    from client.submit import submit
-    from covidct.triton_server import ServerConfig, TritonServer
-    from preprocessing.io.series_reader import read_series
-    from training.file_sources import _parse_labels_csv
+    from covidct.client.submit import submit
+    from covidct.app.triton_server import ServerConfig, TritonServer
+    from covidct.preprocessing.io.series_reader import read_series
+    from covidct.training.file_sources import _parse_labels_csv
 
     rows_by_patient = _parse_labels_csv(data / "labels.csv", "slice-labels")
     rows: dict[str, dict[str, Any]] = {}
@@ -138,7 +139,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def record_in_cards(report: dict[str, Any], checkpoints: list[Path]) -> None:
     """Add the figures to each checkpoint's model card (``evaluation.real_series_through_server``)."""
-    from training.model_card import load_model_card, utc_now
+    from covidct.training.model_card import load_model_card, utc_now
 
     entry = {"data": report["data"], "measured_utc": utc_now(), "series": report["series"],
              "pooled_slice_auc": report["pooled_slice_auc"],
@@ -148,10 +149,10 @@ def record_in_cards(report: dict[str, Any], checkpoints: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.repository import build_repository
-    from training.shipped import shipped_checkpoint
+    from covidct.export.repository import build_repository
+    from covidct.training.shipped import shipped_checkpoint
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.real_series", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m covidct.benchmarks.real_series", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="COVID-CT-MD layout folder (labels.csv + series)")
     p.add_argument("--classifier", type=Path, default=None, help="classifier checkpoint (default: shipped)")
     p.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint (default: shipped)")

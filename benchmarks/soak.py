@@ -2,7 +2,7 @@
 
 1. ``--volumes`` phantom series of ``--slices`` x ``--size`` x ``--size`` (int16 HU
    ``[N, H, W]``) are made once; ``--concurrency`` client threads (one
-   :class:`client.submit.PipelineClient` each: shared memory on this host) send them in
+   :class:`covidct.client.submit.PipelineClient` each: shared memory on this host) send them in
    turn for ``--minutes``, recording each request's latency (s) or error class.
 2. Every ``--sample-interval-s`` a sampler reads from ``/proc`` the RSS (bytes) of the
    server and of every Python-backend stub (by Triton instance name, so a restarted stub
@@ -12,11 +12,11 @@
    of the run minus the median of the second quarter, and minus that of the third quarter
    (bytes and percent), plus the least-squares slope over the second half (bytes per hour).
 
-Without ``--url`` the server is started here under :class:`covidct.supervisor.SupervisedServer`
+Without ``--url`` the server is started here under :class:`covidct.app.supervisor.SupervisedServer`
 (its restarts and events are reported); with ``--url`` the server on this host listening
 on that gRPC port is found in ``/proc`` for the memory samples.
 
-    python -m benchmarks.soak --model-repository demo_output/model_repository --minutes 60 --concurrency 8
+    python -m covidct.benchmarks.soak --model-repository demo_output/model_repository --minutes 60 --concurrency 8
 
 Writes ``soak.json``, ``soak.md``, ``soak_memory.png`` and ``soak_config.json`` into ``--out``.
 """
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (
+from covidct.benchmarks.common import (
     add_server_arguments,
     machine_info,
     machine_line,
@@ -46,13 +46,14 @@ from benchmarks.common import (
     write_json,
     write_resolved_config,
 )
-from benchmarks.memory import rss_bytes
-from client.submit import PipelineClient
-from client.transport import TransportConfig
-from covidct import health
+from covidct.benchmarks.memory import rss_bytes
+from covidct.client.submit import PipelineClient
+from covidct.client.transport import TransportConfig
+from covidct.app import health
 from covidct.errors import ConfigError
-from covidct.supervisor import SHM_DIR, SupervisedServer, SupervisorConfig
-from covidct.triton_server import ServerConfig
+from covidct.app.shm_regions import SHM_DIR
+from covidct.app.supervisor import SupervisedServer, SupervisorConfig
+from covidct.app.triton_server import ServerConfig
 
 MIB = 1024 * 1024
 
@@ -216,7 +217,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_memory(samples: list[dict[str, Any]], path: Path, title: str) -> Path:
-    from benchmarks.plots import _pyplot, _save
+    from covidct.benchmarks.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -19,8 +19,8 @@ and how latency grows with slice count.
    client, ``--fit-repeats`` requests each) and a least-squares fit
    ``latency = fixed + per_slice * slices``.
 
-    python -m benchmarks.throughput --model-repository demo_output/model_repository --out bench_out/throughput
-    python -m benchmarks.throughput --model-repository REPO --quick --out OUT   # tests: tiny series, c=1,2
+    python -m covidct.benchmarks.throughput --model-repository demo_output/model_repository --out bench_out/throughput
+    python -m covidct.benchmarks.throughput --model-repository REPO --quick --out OUT   # tests: tiny series, c=1,2
 
 Writes ``throughput.md``, ``throughput.json``, ``throughput.png``, ``latency_fit.png``,
 ``benchmark_metrics.prom`` and ``throughput_config.json`` into ``--out``.
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import tritonclient.grpc as grpcclient
-from tqdm import tqdm
 
-from benchmarks.common import (
+from covidct.progress import progress as progress_bar
+from covidct.benchmarks.common import (
     add_server_arguments,
     fit_latency,
     machine_info,
@@ -55,12 +55,12 @@ from benchmarks.common import (
     write_json,
     write_resolved_config,
 )
-from benchmarks.memory import MemorySampler
-from benchmarks.plots import plot_concurrency, plot_latency_fit
-from benchmarks.prom_metrics import BenchmarkMetrics
-from client.submit import submit
+from covidct.benchmarks.memory import MemorySampler
+from covidct.benchmarks.plots import plot_concurrency, plot_latency_fit
+from covidct.benchmarks.prom_metrics import BenchmarkMetrics
+from covidct.client.submit import submit
 from covidct.errors import ConfigError
-from export.pbtxt import CONFIG_FILENAME, leading_comments, read_config, set_instance_kind, write_config
+from covidct.export.pbtxt import CONFIG_FILENAME, leading_comments, read_config, set_instance_kind, write_config
 
 HEAVY_MODELS = ("preprocess", "classifier", "segmenter")
 
@@ -225,7 +225,8 @@ def run(cfg: ThroughputConfig, progress: bool = True) -> dict[str, Any]:
                 metrics_url = server.metrics_url if server is not None else cfg.triton_metrics_url
                 pid = server.pid if server is not None else None
                 with MemorySampler(pid, metrics_url, cfg.sample_interval_s) as sampler:
-                    for c in tqdm(cfg.concurrency, desc=f"concurrency (instances {label})", disable=not progress):
+                    desc = f"concurrency (instances {label})"
+                    for c in progress_bar(cfg.concurrency, desc=desc, disable=not progress):
                         points.append(concurrency_point(url, volume, c, cfg.requests_per_client, cfg.timeout_s,
                                                         metrics, label))
                     if fit is None:

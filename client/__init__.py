@@ -2,19 +2,19 @@
 
 Public API::
 
-    from client import submit, submit_many, PipelineClient, TransportConfig
+    from covidct.client import submit, submit_many, PipelineClient, TransportConfig
     result = submit("patients/P002", "localhost:8001")     # PipelineResult
     result.verdict            # "positive" | "negative" | "not_assessable" (+ result.assessment.reasons)
     outcomes = submit_many(paths, "localhost:8001", concurrency=8)
 
 Only the HU volume and the voxel spacing leave the workstation. Command line:
-``covidct-client`` / ``python -m client`` (see :mod:`client.cli`).
+``covidct-client`` / ``python -m covidct.client`` (see :mod:`covidct.client.cli`).
 """
 
-from client.batch import ExitCode, PatientOutcome, submit_many
-from client.result import DEMO_WARNING, Assessment, PipelineResult, Reason, Timings, parse_arrays
-from client.submit import PipelineClient, submit
-from client.transport import TransportConfig
+from covidct.client.batch import ExitCode, PatientOutcome, submit_many
+from covidct.client.result import DEMO_WARNING, Assessment, PipelineResult, Reason, Timings, parse_arrays
+from covidct.client.submit import PipelineClient, submit
+from covidct.client.transport import TransportConfig
 
 __all__ = [
     "DEMO_WARNING",

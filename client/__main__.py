@@ -1,6 +1,6 @@
-"""``python -m client``: the ``covidct-client`` command line."""
+"""``python -m covidct.client``: the ``covidct-client`` command line."""
 
-from client.cli import main
+from covidct.client.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

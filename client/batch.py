@@ -1,6 +1,6 @@
 """Many patients in flight: :func:`submit_many` and the per-patient outcomes.
 
-Concurrency model: a thread pool over one shared :class:`~client.submit.PipelineClient`
+Concurrency model: a thread pool over one shared :class:`~covidct.client.submit.PipelineClient`
 (one gRPC channel; tritonclient's gRPC client is thread-safe for unary calls). Threads,
 not ``tritonclient.grpc.aio``, because reading a series (file I/O, pydicom/pylibjpeg
 decoding) is blocking work that an asyncio loop would hand to an executor anyway; the
@@ -31,12 +31,12 @@ from covidct.errors import (
     ServerUnavailableError,
     TLSConfigError,
 )
-from preprocessing.config import ReaderConfig
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.volume import CTVolume
 
-from client.result import PipelineResult
-from client.submit import DEFAULT_MODEL, PipelineClient, Source, describe_source, read_volume
-from client.transport import TransportConfig
+from covidct.client.result import PipelineResult
+from covidct.client.submit import DEFAULT_MODEL, PipelineClient, Source, describe_source, read_volume
+from covidct.client.transport import TransportConfig
 
 
 class ExitCode(enum.IntEnum):
@@ -150,7 +150,7 @@ def submit_many(
     reading). ``reader`` defaults to one decode process per series when
     ``concurrency > 1`` (the threads already use the cores). ``after(label, volume,
     result)`` runs in the worker thread after each success (e.g. overlays); its error
-    becomes the patient's error. ``progress`` shows a tqdm bar on stderr.
+    becomes the patient's error. ``progress`` shows a bar on stderr when it is a terminal.
     """
     if concurrency < 1:
         raise ClientError(f"concurrency is {concurrency}; expected at least 1")
@@ -179,11 +179,11 @@ def submit_many(
             except Exception as exc:  # noqa: BLE001 - every patient is reported, whatever failed
                 return PatientOutcome.failed(label, exc)
 
-        from tqdm import tqdm
+        from covidct.progress import progress as progress_bar
 
         with ThreadPoolExecutor(max_workers=min(concurrency, max(1, len(sources)))) as pool:
             futures = {pool.submit(run, i): i for i in range(len(sources))}
-            bar = tqdm(total=len(sources), unit="patient", disable=not progress, leave=False)
+            bar = progress_bar(total=len(sources), unit="patient", disable=not progress, leave=False)
             try:
                 for future in as_completed(futures):
                     outcomes[futures[future]] = future.result()

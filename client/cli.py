@@ -12,7 +12,7 @@ Usage::
              --key-images [N]  (with the above: N Secondary Capture overlay images, default 6)
     covidct-client listen --aet COVIDCT --port 11112 --url TRITON --stow URL|--store ...
 
-Exit codes (:class:`client.batch.ExitCode`, :data:`EXIT_CODES_HELP`): 0 all negative,
+Exit codes (:class:`covidct.client.batch.ExitCode`, :data:`EXIT_CODES_HELP`): 0 all negative,
 10 any positive, 11 any series not assessable and none positive (no failure), 2 bad
 input or arguments, 3 server unavailable / wrong port / not ready, 4 deadline exceeded,
 5 TLS, 6 model missing or not ready, 7 request rejected or failed on the server,
@@ -30,13 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covidct.errors import ClientError, DicomResultsError, InputError, ResultStoreError
-from preprocessing.io.nifti_volume import NIFTI_SUFFIXES
+from covidct.preprocessing.io.nifti_volume import NIFTI_SUFFIXES
 
-from client.batch import ExitCode, batch_exit_code, submit_many
-from client.pacs import DEFAULT_CALLING_AET, Destination, parse_destination
-from client.report import format_table, report_json
-from client.submit import DEFAULT_MODEL
-from client.transport import SHARED_MEMORY_MODES, TransportConfig
+from covidct.client.batch import ExitCode, batch_exit_code, submit_many
+from covidct.client.pacs import DEFAULT_CALLING_AET, Destination, parse_destination
+from covidct.client.report import format_table, report_json
+from covidct.client.submit import DEFAULT_MODEL
+from covidct.client.transport import SHARED_MEMORY_MODES, TransportConfig
 
 PATIENT_FILE_SUFFIXES = (".zip", *NIFTI_SUFFIXES)
 #: Key images per patient of a bare ``--key-images``.
@@ -155,7 +155,7 @@ def transport_from_args(args: argparse.Namespace) -> TransportConfig:
 
 
 def _overlay_hook(out_dir: Path, max_slices: int):
-    from client.overlay import write_overlays
+    from covidct.client.overlay import write_overlays
 
     def after(label, volume, result) -> None:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(label).name.removesuffix(".gz")) or "series"
@@ -165,8 +165,8 @@ def _overlay_hook(out_dir: Path, max_slices: int):
 
 
 def _dicom_hook(out_dir: Path | None, destination: Destination | None, key_images: int = 0):
-    from client.dicom_results import dicom_results_for, write_dicom_results
-    from client.dicom_seg import DicomOutputConfig
+    from covidct.client.dicom_results import dicom_results_for, write_dicom_results
+    from covidct.client.dicom_seg import DicomOutputConfig
 
     config = DicomOutputConfig(key_images=key_images)
 
@@ -201,11 +201,11 @@ def _hooks(*hooks):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring).
 
-    ``covidct-client listen ...`` runs the DICOM node (:func:`client.listener.listen_main`).
+    ``covidct-client listen ...`` runs the DICOM node (:func:`covidct.client.listener.listen_main`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["listen"]:
-        from client.listener import listen_main
+        from covidct.client.listener import listen_main
 
         return listen_main(argv[1:])
     parser = build_parser()

@@ -17,7 +17,7 @@ Key slices (:func:`key_slices`, never more than the requested count, ascending):
 Each image (:func:`render_key_image`) is the source slice in a lung window (default
 -1000..400 HU) as gray, the infection blended red, the right lung outlined cyan and the
 left lung green; the ``[L, m, m]`` masks are upsampled nearest to ``H x W`` with
-:func:`preprocessing.resize.resize_nearest` (:func:`client.overlay.slice_masks`). An
+:func:`covidct.preprocessing.resize.resize_nearest` (:func:`covidct.client.overlay.slice_masks`). An
 infected pixel is always red (its red sample exceeds green and blue), a lung outline is
 drawn only where there is no infection, every other pixel is gray. No text is burnt
 in: the answer goes into SeriesDescription (``covidct DEMO key images: positive``), the
@@ -28,7 +28,7 @@ The image is rendered in the volume's patient layout (rows anterior to posterior
 columns patient right to left) and then turned back into the source frame's stored
 layout with ``CTVolume.orientation.to_source``, so that it carries that frame's geometry:
 each instance copies patient and study from the source header of its slice (absent Type 2
-attributes stay empty, :func:`client.dicom_seg.with_type2_attributes`), carries the
+attributes stay empty, :func:`covidct.client.dicom_seg.with_type2_attributes`), carries the
 frame's ImagePositionPatient (mm), ImageOrientationPatient, PixelSpacing (mm, row then
 column) and Frame of Reference, and references it in SourceImageSequence (0008,2112)
 (with Referenced Frame Number (0008,1160) when the source is one multi-frame image).
@@ -45,17 +45,17 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from covidct.errors import ConfigError, SourceHeaderError
-from preprocessing.orientation import IDENTITY, InPlaneTransform
+from covidct.preprocessing.orientation import IDENTITY, InPlaneTransform
 
-from client.dicom_seg import (
+from covidct.client.dicom_seg import (
     DicomOutputConfig,
     frame_geometry,
     is_multiframe,
     series_description,
     with_type2_attributes,
 )
-from client.overlay import LEFT_LUNG, RIGHT_LUNG, slice_masks
-from client.result import NOT_ASSESSABLE, PipelineResult
+from covidct.client.overlay import LEFT_LUNG, RIGHT_LUNG, slice_masks
+from covidct.client.result import NOT_ASSESSABLE, PipelineResult
 
 #: Purpose of reference of the source slice (DCM 121322).
 SOURCE_IMAGE_PURPOSE = hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")

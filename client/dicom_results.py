@@ -1,14 +1,14 @@
 """DICOM result objects of one patient: the SEG and the SR, built from the source headers,
 and, when ``DicomOutputConfig.key_images`` asks for them, a Secondary Capture series of key
-images (:mod:`client.dicom_key_images`, made from the HU volume).
+images (:mod:`covidct.client.dicom_key_images`, made from the HU volume).
 
-The client's reader returns a :class:`~preprocessing.volume.CTVolume` without headers;
+The client's reader returns a :class:`~covidct.preprocessing.volume.CTVolume` without headers;
 :func:`read_source_headers` reads the headers of the chosen series' files again (no pixel
 data) in the sorted order of ``CTVolume.source_names`` (slice i of the volume is header
 i). When the source is one multi-frame file (``CTVolume.source_frames`` non-empty, every
 name the same file) its one header is read once and slice i is its frame
 ``source_frames[i]`` (1-based). ``CTVolume.orientation`` (an
-:class:`~preprocessing.orientation.InPlaneTransform`) says how the stored pixels were
+:class:`~covidct.preprocessing.orientation.InPlaneTransform`) says how the stored pixels were
 turned into the volume's patient layout; the SEG and the key images are turned back
 with it, so a source frame's Rows x Columns is the volume's ``H x W`` or, when the
 transform transposes, ``W x H``.
@@ -18,7 +18,7 @@ Type 1 SOP Class/Instance UID, Study/Series UID and Frame of Reference UID, each
 UID; position, orientation, pixel spacing, matrix) with a
 :class:`~covidct.errors.SourceHeaderError` naming the file and tag. Absent or empty Type 2
 patient and study attributes are no error: they stay empty in the results
-(:func:`client.dicom_seg.with_type2_attributes`). :func:`write_dicom_results` writes all
+(:func:`covidct.client.dicom_seg.with_type2_attributes`). :func:`write_dicom_results` writes all
 objects under temporary names and renames them only when all are complete: a failure
 leaves no half-written file.
 
@@ -42,19 +42,19 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from covidct.errors import CovidCTError, DicomResultsError, SourceHeaderError, dicom_tag
-from preprocessing.orientation import IDENTITY, InPlaneTransform
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.orientation import IDENTITY, InPlaneTransform
+from covidct.preprocessing.volume import CTVolume
 
-from client.dicom_key_images import build_key_images
-from client.dicom_seg import (
+from covidct.client.dicom_key_images import build_key_images
+from covidct.client.dicom_seg import (
     DicomOutputConfig,
     build_segmentation,
     frame_geometry,
     is_multiframe,
     with_type2_attributes,
 )
-from client.dicom_sr import build_report
-from client.result import PipelineResult
+from covidct.client.dicom_sr import build_report
+from covidct.client.result import PipelineResult
 
 #: Keyword and tag of the Type 1 UIDs the SEG and SR need from each source header.
 REQUIRED_UIDS = (

@@ -4,7 +4,7 @@ The ensemble answers with ``LUNG_MASK`` (0 background, 1 right lung, 2 left lung
 ``INFECTION_MASK`` (1 = infected), uint8 ``[L, m, m]``, one plane per lung-bearing slice
 (``LUNG_SLICES``) on a reduced grid covering the whole ``H x W`` slice. This module
 resamples them back to the source geometry (nearest neighbour, the same
-:func:`preprocessing.resize.resize_nearest` the overlays use) and writes one
+:func:`covidct.preprocessing.resize.resize_nearest` the overlays use) and writes one
 Segmentation instance with two segments over the source series:
 
 1. ``Lung`` (SNOMED CT 39607008, category "Anatomical Structure"), both lungs;
@@ -49,10 +49,10 @@ from pydicom.datadict import dictionary_VR
 from pydicom.sr.codedict import codes
 
 from covidct.errors import SourceHeaderError, dicom_tag
-from preprocessing.orientation import IDENTITY, InPlaneTransform
-from preprocessing.resize import resize_nearest
+from covidct.preprocessing.orientation import IDENTITY, InPlaneTransform
+from covidct.preprocessing.resize import resize_nearest
 
-from client.result import PipelineResult
+from covidct.client.result import PipelineResult
 
 LUNG_SEGMENT, INFECTION_SEGMENT = 1, 2
 LUNG_CODE = hd.sr.CodedConcept("39607008", "SCT", "Lung")
@@ -75,7 +75,7 @@ def with_type2_attributes(headers: Sequence[Dataset]) -> list[Dataset]:
     A header that lacks some is deep-copied and the absent ones are added empty (zero
     length); present values, empty or not, are kept. The given headers are not changed;
     complete ones are returned as they are. Type 1 attributes (UIDs) are not touched:
-    :func:`client.dicom_results.check_source_headers` refuses a header without them.
+    :func:`covidct.client.dicom_results.check_source_headers` refuses a header without them.
     """
     completed = []
     for header in headers:
@@ -144,7 +144,7 @@ class DicomOutputConfig:
 
     manufacturer / model_name / software_version: General Equipment of both objects.
     seg_series_number / sr_series_number: Series Number (0020,0011) of the new series.
-    key_images: how many key images (Secondary Capture overlays, :mod:`client.dicom_key_images`)
+    key_images: how many key images (Secondary Capture overlays, :mod:`covidct.client.dicom_key_images`)
         to add beside SEG and SR; 0 = none.
     """
 

@@ -15,7 +15,7 @@ Content tree (highdicom :class:`~highdicom.sr.MeasurementReport`)::
 Values the server could not compute (JSON ``null``) are left out. The evidence lists
 the source series' instances and the SEG. Patient and study attributes come from the
 first source header; absent Type 2 ones stay empty
-(:func:`client.dicom_seg.with_type2_attributes`). :func:`report_values` reads the values back
+(:func:`covidct.client.dicom_seg.with_type2_attributes`). :func:`report_values` reads the values back
 from a stored report (the names and units are those of the JSON report).
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 import highdicom as hd
 from pydicom import Dataset
 
-from client.answer import model_summary
-from client.dicom_seg import (
+from covidct.client.answer import model_summary
+from covidct.client.dicom_seg import (
     INFECTION_SEGMENT,
     LESION_CODE,
     LUNG_CODE,
@@ -41,7 +41,7 @@ from client.dicom_seg import (
     series_description,
     with_type2_attributes,
 )
-from client.result import NEGATIVE, POSITIVE, PipelineResult
+from covidct.client.result import NEGATIVE, POSITIVE, PipelineResult
 
 SCHEME = "99COVIDCT"
 ANSWER = hd.sr.CodedConcept("answer", SCHEME, "COVID-19 triage answer")

@@ -36,7 +36,7 @@ from pydicom import Dataset
 
 from covidct.errors import CovidCTError, InputError
 
-from client.pacs import DEFAULT_CALLING_AET, Destination, parse_destination
+from covidct.client.pacs import DEFAULT_CALLING_AET, Destination, parse_destination
 
 LOG = logging.getLogger("covidct.listener")
 STATUS_SUCCESS = 0x0000
@@ -161,9 +161,9 @@ class SeriesCollector:
 def triage_folder(folder: Path, url: str, destination: Destination, *, model: str | None = None,
                   timeout_s: float = 300.0) -> str:
     """Read one received series, triage it on Triton, store SEG + SR; returns the answer."""
-    from client.dicom_results import dicom_results_for
-    from client.submit import DEFAULT_MODEL, PipelineClient, read_volume
-    from client.transport import TransportConfig
+    from covidct.client.dicom_results import dicom_results_for
+    from covidct.client.submit import DEFAULT_MODEL, PipelineClient, read_volume
+    from covidct.client.transport import TransportConfig
 
     volume, read_s = read_volume(folder)
     with PipelineClient(url, model=model or DEFAULT_MODEL, transport=TransportConfig(timeout_s=timeout_s)) as client:

@@ -4,7 +4,7 @@ The ensemble answers with ``LUNG_MASK`` (0 background, 1 right lung, 2 left lung
 ``INFECTION_MASK`` (1 = infected) as uint8 ``[L, m, m]``, one plane per lung-bearing
 slice (``LUNG_SLICES``) on a reduced m x m grid covering the whole ``H x W`` slice. Each
 plane is upsampled to the slice size (nearest neighbour,
-:func:`preprocessing.resize.resize_nearest`) and drawn over the HU slice: the right lung
+:func:`covidct.preprocessing.resize.resize_nearest`) and drawn over the HU slice: the right lung
 outlined in cyan, the left in green, the infection filled red. Slices without lung have
 no mask and get none. The title gives the slice probability, the answer (with the
 reason codes of a not-assessable series) and, for a demo model, its warning.
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import ClientError
-from preprocessing.resize import resize_nearest
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.resize import resize_nearest
+from covidct.preprocessing.volume import CTVolume
 
-from client.result import NOT_ASSESSABLE, POSITIVE, PipelineResult
+from covidct.client.result import NOT_ASSESSABLE, POSITIVE, PipelineResult
 
 WINDOW_HU = (-1000.0, 400.0)
 RIGHT_LUNG, LEFT_LUNG = 1, 2

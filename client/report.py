@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.batch import PatientOutcome, batch_exit_code
-from client.result import NEGATIVE, NOT_ASSESSABLE, POSITIVE, model_summary
+from covidct.client.batch import PatientOutcome, batch_exit_code
+from covidct.client.result import NEGATIVE, NOT_ASSESSABLE, POSITIVE, model_summary
 
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
 REPORT_VERSION = 3

@@ -1,6 +1,6 @@
 """Typed answers of the ``covid_ct_pipeline`` ensemble and their parsing.
 
-:class:`PipelineResult` is what :func:`client.submit.submit` returns for one series: the
+:class:`PipelineResult` is what :func:`covidct.client.submit.submit` returns for one series: the
 answer (``"positive"``, ``"negative"`` or ``"not_assessable"`` with machine-readable
 reasons), the slice probabilities, the whole-lung masks on the server's reduced grid,
 the whole-lung volume and lesion burden, and the model cards of the served networks.
@@ -34,7 +34,7 @@ import numpy as np
 from covidct.errors import InferenceFailedError
 from covidct.serving import tensors
 
-from client.answer import (
+from covidct.client.answer import (
     DEMO_WARNING,
     Assessment,
     Reason,

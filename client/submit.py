@@ -3,16 +3,16 @@
 Only ``HU_VOLUME`` (int16 ``[N, H, W]``, HU), ``SPACING_MM`` (float32 (z, y, x), mm)
 and ``SLICE_POSITIONS_MM`` (float32 ``[N]``, mm from the first slice: where slices are
 missing, the server sees the gap) leave the client: no patient identifier, no DICOM header, no file name, no request id.
-The answer comes back as a frozen :class:`~client.result.PipelineResult`.
+The answer comes back as a frozen :class:`~covidct.client.result.PipelineResult`.
 
 Typical use::
 
     result = submit("patients/P002", "localhost:8001")          # DICOM folder/zip, NIfTI, TIFF
     with PipelineClient("localhost:8001") as client:            # reuse one connection
-        results = [client.submit(path) for path in paths]
+        results = [covidct.client.submit(path) for path in paths]
 
 :class:`PipelineClient` is thread-safe (one gRPC channel, shared by threads); see
-:mod:`client.batch` for many patients in flight.
+:mod:`covidct.client.batch` for many patients in flight.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from tritonclient.utils import InferenceServerException
 
 from covidct.errors import ClientError, ModelNotReadyError, ServerUnavailableError
 from covidct.serving import tensors
-from preprocessing.config import ReaderConfig
-from preprocessing.io.series_reader import read_series
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.volume import CTVolume
 
-from client.result import PipelineResult, Timings, parse_result, server_seconds
-from client.shared_memory import SharedMemoryUnavailableError, shared_memory_inputs
-from client.transport import TransportConfig, classify_failure, connect, is_local_url, never_connected
+from covidct.client.result import PipelineResult, Timings, parse_result, server_seconds
+from covidct.client.shared_memory import SharedMemoryUnavailableError, shared_memory_inputs
+from covidct.client.transport import TransportConfig, classify_failure, connect, is_local_url, never_connected
 
 DEFAULT_MODEL = tensors.ENSEMBLE
 Source = str | os.PathLike | np.ndarray | CTVolume

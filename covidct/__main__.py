@@ -1,3 +1,3 @@
-from covidct.cli import main
+from covidct.app.cli import main
 
 raise SystemExit(main())

@@ -40,7 +40,7 @@ def pipeline_healthy(url: str, timeout_s: float) -> tuple[bool, str]:
     """``covidct probe`` for the server behind readiness ``url``: the ensemble answers a tiny
     request within ``timeout_s`` and (server on this host) no stub process is missing."""
     try:
-        from covidct import health
+        from covidct.app import health
     except ImportError as exc:
         return False, f"--pipeline needs the covidct bundle installed in this python ({exc})"
     parts = urllib.parse.urlsplit(url)

@@ -1,16 +1,16 @@
-"""``python -m export``: checkpoints in, a deployable Triton model repository out.
+"""``python -m covidct.export``: checkpoints in, a deployable Triton model repository out.
 
 Usage::
 
-    python -m export --out build/model_repository      # the shipped real-data networks
-    python -m export --classifier runs/cnn6/best --segmenter runs/unet/best \\
+    python -m covidct.export --out build/model_repository      # the shipped real-data networks
+    python -m covidct.export --classifier runs/cnn6/best --segmenter runs/unet/best \\
         --profile portable --out demo_output/model_repository
-    python -m export --classifier C --segmenter S --profile container --out repo \\
+    python -m covidct.export --classifier C --segmenter S --profile container --out repo \\
         [--plan classifier=classifier.plan --plan segmenter=segmenter.plan]
 
-Shows a progress bar over the steps of :func:`export.repository.generate_repository`
+Shows a progress bar over the steps of :func:`covidct.export.repository.generate_repository`
 and ends with a summary table (model, network, format, precision, size, parity error)
-and one line per model card (:meth:`training.model_card.ModelCard.summary`).
+and one line per model card (:meth:`covidct.training.model_card.ModelCard.summary`).
 Exit status 0 on success, 2 on a checkpoint/export error (message on stderr; no
 repository is left behind).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from covidct.errors import CovidCTError
-from export.config import PROFILES, OnnxExportConfig, RepositoryOptions, SliceProfile, TensorRTBuildConfig
+from covidct.export.config import PROFILES, OnnxExportConfig, RepositoryOptions, SliceProfile, TensorRTBuildConfig
 
 
 def _parse_plans(items: Sequence[str]) -> dict[str, Path]:
@@ -37,7 +37,7 @@ def _parse_plans(items: Sequence[str]) -> dict[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description="Checkpoints -> Triton model repository.")
+    p = argparse.ArgumentParser(prog="python -m covidct.export", description="Checkpoints -> Triton model repository.")
     p.add_argument("--classifier", type=Path, default=None,
                    help="classifier checkpoint folder (default: the shipped one, training/shipped/classifier)")
     p.add_argument("--segmenter", type=Path, default=None,
@@ -64,7 +64,7 @@ def format_size(num_bytes: int) -> str:
 
 
 def summary_table(report) -> str:
-    """Plain-text table of a :class:`export.repository.RepositoryReport`."""
+    """Plain-text table of a :class:`covidct.export.repository.RepositoryReport`."""
     header = ("model", "network", "format", "precision", "size", "parity |err|", "note")
     rows = [
         (
@@ -80,9 +80,9 @@ def summary_table(report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm import tqdm
+    from covidct.progress import progress as progress_bar
 
-    from export.repository import STEPS, generate_repository
+    from covidct.export.repository import STEPS, generate_repository
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -98,12 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_slices=args.warmup_slices,
             overwrite=args.overwrite,
         )
-        from training.shipped import shipped_checkpoint
+        from covidct.training.shipped import shipped_checkpoint
 
         classifier = args.classifier or shipped_checkpoint("classifier")
         segmenter = args.segmenter or shipped_checkpoint("segmenter")
         extra = {} if args.source is None else {"source": args.source}
-        with tqdm(total=len(STEPS), desc="export", unit="step") as bar:
+        with progress_bar(total=len(STEPS), desc="export", unit="step") as bar:
             def progress(step: str) -> None:
                 bar.set_postfix_str(step)
                 bar.update(1)

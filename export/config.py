@@ -2,7 +2,7 @@
 
 Nothing here describes tensors: tensor names, dtypes and shapes are defined once, in the
 ``config.pbtxt`` files of the source ``model_repository/``, and read from there
-(:mod:`export.pbtxt`). Units: slices for the slice (first) axis, MiB for memory.
+(:mod:`covidct.export.pbtxt`). Units: slices for the slice (first) axis, MiB for memory.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ FP16 on a GPU inside Python models). ``container``: NVIDIA's Triton container
 EXPORTERS = ("dynamo", "torchscript")
 
 RUNNER_MODELS = {"classifier": "classification", "segmenter": "segmentation"}
-"""Triton model name -> the :class:`training.registry.ModelConfig` task it serves."""
+"""Triton model name -> the :class:`covidct.training.registry.ModelConfig` task it serves."""
 
 PIPELINE_CONFIG_MODELS = ("preprocess", "vote", "classifier", "segmenter")
 """Models whose version folder gets a copy of ``pipeline_config.json``."""

@@ -1,6 +1,6 @@
 """Checkpoint -> ONNX file with named tensors, a dynamic slice axis and a parity check.
 
-The exported graph is ``network + probability head`` (:mod:`training.heads`):
+The exported graph is ``network + probability head`` (:mod:`covidct.training.heads`):
 
 - input ``<input name>`` float32 ``[slices, C, S, S]`` (NCHW; the slice axis is dynamic,
   named ``slices``; C and S fixed by the checkpoint's ``model_config.json``);
@@ -17,7 +17,7 @@ weights inside the file (no external data; every network here is < 2 GB). It tak
 "torchscript"``) is 5-10x faster but deprecated in torch >= 2.9, so it is only a
 fallback. After export: ``onnx.checker.check_model(full_check=True)`` (with shape
 inference), a check of the tensor names and dims, and ONNX Runtime vs torch parity on
-fresh random inputs (:mod:`export.parity`).
+fresh random inputs (:mod:`covidct.export.parity`).
 
 The preprocessing config travels with the model twice: as ``pipeline_config.json``
 beside the ``.onnx`` and as ONNX ``metadata_props`` (keys ``pipeline_config``,
@@ -37,16 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import CheckpointError, ExportError
-from preprocessing.config import PIPELINE_CONFIG_FILENAME
-from export.config import (
+from covidct.preprocessing.config import PIPELINE_CONFIG_FILENAME
+from covidct.export.config import (
     DEFAULT_SOURCE_REPOSITORY,
     RUNNER_MODELS,
     WEIGHTS_FILENAME,
     OnnxExportConfig,
 )
-from export.parity import ParityReport, check_parity, onnxruntime_function, torch_function
-from export.pbtxt import TensorSpec, read_config, single_io
-from training.model_card import file_sha256
+from covidct.export.parity import ParityReport, check_parity, onnxruntime_function, torch_function
+from covidct.export.pbtxt import TensorSpec, read_config, single_io
+from covidct.training.model_card import file_sha256
 
 SLICE_AXIS_NAME = "slices"
 PRODUCER = "covidct-triton export"
@@ -68,9 +68,9 @@ class OnnxExportResult:
 
 
 def checked_model_card(directory: Path, model_config, weights_sha256: str):
-    """The checkpoint's :class:`training.model_card.ModelCard`, checked against its
+    """The checkpoint's :class:`covidct.training.model_card.ModelCard`, checked against its
     network and ``weights.pt``; CheckpointError when missing, malformed or stale."""
-    from training.model_card import FILENAME, load_model_card
+    from covidct.training.model_card import FILENAME, load_model_card
 
     card = load_model_card(directory)
     if (card.network, card.task) != (model_config.name, model_config.task):
@@ -176,14 +176,14 @@ def export_network(
     """Export ``network`` (torch, logits) with its probability head to ``out_path``.
 
     ``io`` are the runner model's tensor specs (:func:`runner_io`); ``model_card`` (a
-    :class:`training.model_card.ModelCard`) is stored as metadata ``model_card`` (JSON). Writes atomically
+    :class:`covidct.training.model_card.ModelCard`) is stored as metadata ``model_card`` (JSON). Writes atomically
     (``<out>.tmp`` then rename), then checks the file and its ONNX Runtime parity; on
     any failure nothing is left at ``out_path``. Returns an :class:`OnnxExportResult`.
     """
     import onnx
     import torch
 
-    from training.heads import probability_model
+    from covidct.training.heads import probability_model
 
     out_path = Path(out_path)
     inp, out = exported_specs(io, model_config)
@@ -252,8 +252,8 @@ def export_checkpoint(
     card, :class:`ExportError` when export or checks fail, :class:`ParityError` beyond
     tolerance.
     """
-    from training.checkpoint import load_checkpoint
-    from training.model_card import FILENAME as CARD_FILENAME
+    from covidct.training.checkpoint import load_checkpoint
+    from covidct.training.model_card import FILENAME as CARD_FILENAME
 
     checkpoint_dir = Path(checkpoint_dir)
     network, model_config, pipeline_config = load_checkpoint(checkpoint_dir)

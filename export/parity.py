@@ -6,7 +6,7 @@ mask channels), float32 ``[B, C, S, S]`` for each slice count in
 which catches exports that specialised the slice axis). Outputs are probabilities
 (``[B, 1]`` or ``[B, 1, S, S]``); a pair passes when
 ``|candidate - reference| <= atol + rtol * |reference|`` element-wise
-(:class:`export.config.ParityTolerance`: 1e-4 for FP32 vs FP32, 2e-2 for FP16).
+(:class:`covidct.export.config.ParityTolerance`: 1e-4 for FP32 vs FP32, 2e-2 for FP16).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from covidct.errors import ParityError
-from export.config import ParityTolerance
+from covidct.export.config import ParityTolerance
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ NVIDIA's Triton container serves the exported networks natively:
 - ``onnxruntime_onnx`` with the TensorRT execution accelerator in FP16: ONNX Runtime
   hands the graph to TensorRT, which builds an FP16 engine on first load (cached in
   ``trt_engine_cache_path``) for the optimisation profile min/opt/max slices of
-  :class:`export.config.SliceProfile`;
-- ``tensorrt_plan`` when a plan built by :mod:`export.tensorrt_build` is given.
+  :class:`covidct.export.config.SliceProfile`;
+- ``tensorrt_plan`` when a plan built by :mod:`covidct.export.tensorrt_build` is given.
 
 Both keep the source config's tensor names, dtypes and (concrete) dims; instance groups
 are ``KIND_GPU``; ``model_warmup`` sends one request of ``warmup_slices`` random slices
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.config import ONNX_FILENAME, PLAN_FILENAME, RepositoryOptions
-from export.pbtxt import single_io
+from covidct.export.config import ONNX_FILENAME, PLAN_FILENAME, RepositoryOptions
+from covidct.export.pbtxt import single_io
 
 TRT_CACHE_ROOT = "/tmp/covidct_trt_cache"
 """Where ONNX Runtime's TensorRT accelerator caches engines inside the container; mount

@@ -23,8 +23,8 @@ TensorRT version and GPU model that built it)::
         --maxShapes=CLASSIFIER_INPUT:1024x1x224x224 --memPoolSize=workspace:4096M \\
         --timingCacheFile=trt_timing.cache --builderOptimizationLevel=3 --skipInference
 
-or ``python -m export.tensorrt_build ONNX PLAN`` there (prints the argv with
-``--print-trtexec``). Then ``python -m export ... --profile container --plan
+or ``python -m covidct.export.tensorrt_build ONNX PLAN`` there (prints the argv with
+``--print-trtexec``). Then ``python -m covidct.export ... --profile container --plan
 classifier=classifier.plan`` puts the plan into the repository. Shapes: ``[slices, C,
 S, S]`` NCHW float32 in, the ONNX file's output out; only the slice axis is dynamic.
 """
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Sequence
 
 from covidct.errors import ExportError, TensorRTUnavailableError
-from export.config import FP16_TOLERANCE, ParityTolerance, SliceProfile, TensorRTBuildConfig
-from export.pbtxt import TensorSpec
+from covidct.export.config import FP16_TOLERANCE, ParityTolerance, SliceProfile, TensorRTBuildConfig
+from covidct.export.pbtxt import TensorSpec
 
 TRTEXEC = "trtexec"
 
@@ -73,7 +73,7 @@ def require_tensorrt():
         raise TensorRTUnavailableError(
             f"TensorRT is not importable here ({exc}); build engines inside NVIDIA's TensorRT "
             "or Triton container on the GPU machine (see export/README.md, 'TensorRT engines'), "
-            "or use the trtexec command line from export.tensorrt_build.trtexec_argv"
+            "or use the trtexec command line from covidct.export.tensorrt_build.trtexec_argv"
         ) from exc
     return tensorrt
 
@@ -234,7 +234,7 @@ def check_engine_parity(
 ):
     """FP16 engine vs FP32 ONNX Runtime on fresh random inputs (ParityError beyond
     ``tolerance``, default 0.02 in probability). Returns a ParityReport."""
-    from export.parity import check_parity, onnxruntime_function
+    from covidct.export.parity import check_parity, onnxruntime_function
 
     spec = onnx_input_spec(onnx_path)
     engine = TensorRTEngineRunner(plan_path)
@@ -251,8 +251,8 @@ def check_engine_parity(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m export.tensorrt_build ONNX PLAN [--min/--opt/--max N] [--print-trtexec]``."""
-    parser = argparse.ArgumentParser(prog="python -m export.tensorrt_build", description=__doc__.split("\n")[0])
+    """``python -m covidct.export.tensorrt_build ONNX PLAN [--min/--opt/--max N] [--print-trtexec]``."""
+    parser = argparse.ArgumentParser(prog="python -m covidct.export.tensorrt_build", description=__doc__.split("\n")[0])
     parser.add_argument("onnx", type=Path)
     parser.add_argument("plan", type=Path)
     parser.add_argument("--min", type=int, default=SliceProfile.min_slices, help="min slices")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from covidct.errors import ExportError
 from covidct.serving.backend import BACKEND_NAME as BUNDLE_BACKEND
-from export.pbtxt import (
+from covidct.export.pbtxt import (
     CONFIG_FILENAME,
     TensorSpec,
     get_parameter,

@@ -1,6 +1,6 @@
 """The trachea and main bronchi of a chest CT series on the reduced grid (3-D region growing).
 
-Part of the whole-series lung mask (:mod:`preprocessing.lung_segmentation`, after Hu,
+Part of the whole-series lung mask (:mod:`covidct.preprocessing.lung_segmentation`, after Hu,
 Hoffman and Reinhardt 2001): the airway tree is grown from a tracheal seed found in the
 upper slices, with a threshold that rises while the tree stays below a leak volume.
 Arrays are ``[N, h, w]`` on the grid; spacing ``(z, y, x)`` in mm; HU.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from preprocessing.config import LungSegmentationConfig
-from preprocessing.mask_grid import bounding_box
+from covidct.preprocessing.config import LungSegmentationConfig
+from covidct.preprocessing.mask_grid import bounding_box
 
 #: Step (HU) of the rising airway threshold.
 AIRWAY_STEP_HU = 25.0
@@ -59,7 +59,8 @@ def airway_tree(
     low: np.ndarray, v: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float],
     config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, bool]:
-    """(bool airway ``[N, h, w]``, leaked): the trachea and main bronchi (see :mod:`preprocessing.lung_segmentation`).
+    """(bool airway ``[N, h, w]``, leaked): the trachea and main bronchi
+    (see :mod:`covidct.preprocessing.lung_segmentation`).
 
     Region growing with a rising threshold, from ``gas_threshold_hu`` up to
     ``airway_threshold_hu`` in ``AIRWAY_STEP_HU`` steps: the seed is the largest

@@ -3,8 +3,8 @@
 A verdict (positive / negative) is only given for a series that passes every check;
 otherwise the answer is *not assessable*, with one :class:`Reason` per failed check.
 The checks read the whole-series lung segmentation
-(:func:`preprocessing.lung_segmentation.segment_lungs`) and the voxel spacing; all
-thresholds are in :class:`preprocessing.config.AssessmentConfig`.
+(:func:`covidct.preprocessing.lung_segmentation.segment_lungs`) and the voxel spacing; all
+thresholds are in :class:`covidct.preprocessing.config.AssessmentConfig`.
 
 Reason codes (:data:`REASON_CODES`):
 
@@ -17,7 +17,7 @@ Reason codes (:data:`REASON_CODES`):
 * ``no_body``: less than ``min_body_ml`` of body.
 * ``no_lungs``: less than ``min_lung_ml`` of lung.
 * ``lungs_incomplete``: more than ``max_missing_lung_fraction`` (5 %) of the estimated
-  whole-lung volume lies outside the scan range (:mod:`preprocessing.lung_coverage`: the
+  whole-lung volume lies outside the scan range (:mod:`covidct.preprocessing.lung_coverage`: the
   lung-area profile of the outermost ``coverage_fit_mm`` at each end extrapolated beyond
   the first and last slice): a real part of the lungs is missing.
 * ``too_few_lung_slices``: fewer than ``min_lung_slices`` lung-bearing slices, or a
@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from covidct.errors import VolumeError
-from preprocessing.config import AssessmentConfig
-from preprocessing.lung_coverage import lung_coverage
-from preprocessing.lung_segmentation import TISSUE_HIST_EDGES, LungSegmentation
-from preprocessing.slice_gaps import SliceGap, find_gaps, gaps_at_lung
+from covidct.preprocessing.config import AssessmentConfig
+from covidct.preprocessing.lung_coverage import lung_coverage
+from covidct.preprocessing.lung_segmentation import TISSUE_HIST_EDGES, LungSegmentation
+from covidct.preprocessing.slice_gaps import SliceGap, find_gaps, gaps_at_lung
 
 #: Both of the two largest lung components must hold this fraction of the lung volume
 #: before their positions are compared (a small detached piece says nothing).
@@ -155,11 +155,11 @@ def assess(
     """Plausibility checks of one series (see the module docstring for the codes).
 
     Args:
-        segmentation: :func:`preprocessing.lung_segmentation.segment_lungs` of ``hu``.
+        segmentation: :func:`covidct.preprocessing.lung_segmentation.segment_lungs` of ``hu``.
         hu: the HU volume ``[N, H, W]`` the segmentation was computed from.
         positions_mm: float ``[N]`` slice positions (mm, ascending); ``None``: contiguous
             at the slice spacing. Gaps with lung beside them are ``slice_gap``
-            (:mod:`preprocessing.slice_gaps`); the lung extent is measured between the
+            (:mod:`covidct.preprocessing.slice_gaps`); the lung extent is measured between the
             positions.
         spacing_mm: ``(z, y, x)`` voxel spacing of ``hu`` in mm (any values: implausible ones
             are a reason, not an error).

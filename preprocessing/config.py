@@ -1,166 +1,33 @@
-"""Frozen, versioned configuration of every preprocessing stage.
+"""The stage configs and ``pipeline_config.json`` (any supported version) -> one :class:`PipelineConfig`.
 
-One frozen dataclass per stage. :class:`PipelineConfig` bundles the settings that must
-travel with a trained model (HU window, input sizes, masks, selection region, vote
-threshold); it is saved as JSON beside the weights (``pipeline_config.json``) and read
-back by the exporter, the Triton models and the client, so none of them hard-codes a
-setting.
+One frozen dataclass per preprocessing stage (HU window, masks, crop, slice selection,
+vote, lung segmentation, assessment, model inputs). :class:`PipelineConfig` bundles them
+with the reader's settings (:class:`~covidct.preprocessing.reader_config.ReaderConfig`):
+the settings that must travel with a trained model. It is saved as JSON beside the
+weights (``pipeline_config.json``) and read back by the exporter, the Triton models and
+the client, so none of them hard-codes a setting; :meth:`PipelineConfig.from_dict`
+migrates older versions. The JSON machinery and range checks are in
+:mod:`covidct.preprocessing.config_json`.
 
-Units: HU for intensities, pixels for image regions, mm for distances.
+Units: HU for intensities, pixels for image regions, mm for distances, ml for volumes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from covidct.errors import ConfigError
+from covidct.preprocessing.config_json import JsonConfig, check_interval, check_range, config_from_dict
+from covidct.preprocessing.reader_config import ReaderConfig
 
 PIPELINE_CONFIG_VERSION = 3
 #: Older pipeline config versions that still load (missing sections take their defaults).
 SUPPORTED_PIPELINE_CONFIG_VERSIONS = (1, 2, 3)
 PIPELINE_CONFIG_FILENAME = "pipeline_config.json"
 
-T = TypeVar("T")
-
 #: Slice selection rules of :class:`SelectionConfig`.
 SELECTION_RULES = ("lung_area", "paper002")
-
-
-def _check_range(owner: str, name: str, value: Any, low: float, high: float) -> None:
-    """ConfigError naming ``owner.name`` unless ``low <= value <= high`` (finite number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise ConfigError(f"{owner}.{name}={value!r}; expected a number in [{low}, {high}]")
-
-
-def _check_interval(owner: str, name: str, value: Any, low: float, high: float) -> None:
-    """ConfigError unless ``value`` is a pair ``(a, b)`` with ``low <= a < b <= high``."""
-    ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-          and low <= value[0] < value[1] <= high)
-    if not ok:
-        raise ConfigError(f"{owner}.{name}={value!r}; expected (low, high) with {low} <= low < high <= {high}")
-
-
-class JsonConfig:
-    """JSON save/load for frozen config dataclasses (pipeline, model, training configs).
-
-    Subclasses set ``FILENAME`` (used when a directory is given) and ``LABEL`` (used in
-    error messages). Unknown keys and malformed files raise :class:`ConfigError`.
-    """
-
-    FILENAME: ClassVar[str] = "config.json"
-    LABEL: ClassVar[str] = "config"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, directory_or_file: str | Path) -> Path:
-        """Write the config as JSON; a directory gets ``FILENAME``."""
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / self.FILENAME
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Any:
-        return config_from_dict(cls, data, source)
-
-    @classmethod
-    def load(cls, directory_or_file: str | Path) -> Any:
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / cls.FILENAME
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: {cls.LABEL} not found") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
-
-
-PIXEL_DECODERS = ("auto", "nvimgcodec", "gdcm", "pylibjpeg")
-"""``ReaderConfig.decoder`` values; after ``"auto"``, most preferred first (:mod:`preprocessing.io.pixel_decoders`)."""
-
-
-@dataclass(frozen=True)
-class ReaderConfig:
-    """Series reading and validation.
-
-    series_rule: how to pick one series from a folder that holds several:
-        ``"most_slices"`` (axial CT series with the most slices; ties broken by the
-        smallest slice thickness) or ``"thinnest"`` (smallest slice spacing first).
-    max_oblique_deg: the most a direction cosine of Image Orientation (Patient)
-        (0020,0037) may lie off its patient axis (degrees); within it the series is read
-        as the nearest axis-aligned orientation (3 degrees move a point 250 mm from the
-        centre by 13 mm: within how far patients lie rotated on the table); beyond it
-        (oblique reformats, gantry tilt) the series is refused. Gaps between slice
-        positions are not checked here: ``AssessmentConfig.gap_tolerance`` (server).
-    decode_workers: processes for pixel decoding; 0 means ``os.cpu_count()``.
-    decoder: pixel decoder of compressed DICOM: ``"auto"`` (nvImageCodec where it and a
-        CUDA GPU are present, else GDCM, else pylibjpeg; all decode exactly),
-        ``"nvimgcodec"``, ``"gdcm"`` or ``"pylibjpeg"``
-        (:mod:`preprocessing.io.pixel_decoders`).
-
-    Limits checked from headers before anything is allocated or inflated:
-    max_volume_bytes: the decoded int16 volume ``[N, H, W]`` (N x H x W x 2 bytes); also
-        the declared total of a zip's entries. A NIfTI file may hold 4 times this (float64).
-    max_file_bytes: one DICOM or TIFF file, or one zip entry (declared size), in bytes.
-    max_files: files listed in a folder, or entries in a zip archive.
-    max_compression_ratio: a zip entry over 1 MiB inflating to more than this many times
-        its compressed size is refused.
-    matrix_size_px: (min, max) pixels of Rows (0028,0010) and Columns (0028,0011) (NIfTI
-        in-plane axes, TIFF pages).
-    pixel_spacing_mm / slice_spacing_mm: accepted (low, high) mm of the in-plane pixel
-        spacing and of the distance between slices (DICOM, NIfTI, a given ``spacing_mm``).
-        Outside them a header is corrupt, not just coarse: an adult chest over a 32-pixel
-        matrix is 11.25 mm per pixel, over 6 slices about 52 mm apart. A plausible chest
-        CT's narrower ranges are ``AssessmentConfig``'s (an answer, not an error).
-    """
-
-    min_slices: int = 2
-    max_slices: int = 2000
-    series_rule: str = "most_slices"
-    max_oblique_deg: float = 3.0
-    decode_workers: int = 0
-    decoder: str = "auto"
-    max_volume_bytes: int = 4 * 1024**3
-    max_file_bytes: int = 256 * 1024**2
-    max_files: int = 10_000
-    max_compression_ratio: float = 200.0
-    matrix_size_px: tuple[int, int] = (32, 4096)
-    pixel_spacing_mm: tuple[float, float] = (0.1, 12.0)
-    slice_spacing_mm: tuple[float, float] = (0.1, 60.0)
-
-    def __post_init__(self) -> None:
-        owner = "ReaderConfig"
-        for name in ("max_volume_bytes", "max_file_bytes", "max_files"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{owner}.{name}={value!r}; expected a positive integer")
-        _check_range(owner, "max_compression_ratio", self.max_compression_ratio, 1.0, 1e9)
-        _check_range(owner, "max_oblique_deg", self.max_oblique_deg, 0.0, 45.0)
-        size = self.matrix_size_px
-        if not (isinstance(size, (tuple, list)) and len(size) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
-                and 1 <= size[0] <= size[1] <= 65535):
-            raise ConfigError(
-                f"{owner}.matrix_size_px={size!r}; expected integers (low, high) with 1 <= low <= high <= 65535"
-            )
-        _check_interval(owner, "pixel_spacing_mm", self.pixel_spacing_mm, 0.0, 1000.0)
-        _check_interval(owner, "slice_spacing_mm", self.slice_spacing_mm, 0.0, 1000.0)
-        if self.decoder not in PIXEL_DECODERS:
-            raise ConfigError(f"{owner}.decoder={self.decoder!r}; expected one of {list(PIXEL_DECODERS)}")
 
 
 @dataclass(frozen=True)
@@ -203,7 +70,7 @@ class SelectionConfig:
 
     rule: ``"lung_area"`` (default: keep slices whose 3-D lung mask area is at least
         ``min_lung_area_fraction`` of the series maximum, see
-        :func:`preprocessing.slice_selection.select_by_lung_area`) or ``"paper002"`` (the
+        :func:`covidct.preprocessing.slice_selection.select_by_lung_area`) or ``"paper002"`` (the
         open-lung dark-pixel rule above, kept for the paper comparison).
     min_lung_area_fraction: in [0, 1]; fraction of the largest per-slice lung area (mm^2).
     """
@@ -219,7 +86,7 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         if self.rule not in SELECTION_RULES:
             raise ConfigError(f"SelectionConfig.rule={self.rule!r}; expected one of {list(SELECTION_RULES)}")
-        _check_range("SelectionConfig", "min_lung_area_fraction", self.min_lung_area_fraction, 0.0, 1.0)
+        check_range("SelectionConfig", "min_lung_area_fraction", self.min_lung_area_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -234,12 +101,12 @@ class VoteConfig:
     infection_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_range("VoteConfig", "infection_threshold", self.infection_threshold, 0.0, 1.0)
+        check_range("VoteConfig", "infection_threshold", self.infection_threshold, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class LungSegmentationConfig:
-    """3-D lung mask of the whole series (:mod:`preprocessing.lung_segmentation`).
+    """3-D lung mask of the whole series (:mod:`covidct.preprocessing.lung_segmentation`).
 
     mask_size: the in-plane size (pixels) the slices are block-averaged to (integer
         factor ``max(1, round(min(H, W) / mask_size))``).
@@ -277,23 +144,23 @@ class LungSegmentationConfig:
         owner = "LungSegmentationConfig"
         if isinstance(self.mask_size, bool) or not isinstance(self.mask_size, int) or not 8 <= self.mask_size <= 1024:
             raise ConfigError(f"{owner}.mask_size={self.mask_size!r}; expected an integer in [8, 1024] (pixels)")
-        _check_range(owner, "body_threshold_hu", self.body_threshold_hu, -900.0, 0.0)
-        _check_interval(owner, "lung_threshold_range_hu", self.lung_threshold_range_hu, -900.0, 0.0)
-        _check_range(owner, "airway_threshold_hu", self.airway_threshold_hu, -1024.0, -800.0)
-        _check_interval(owner, "trachea_area_mm2", self.trachea_area_mm2, 0.0, 1e4)
-        _check_range(owner, "trachea_max_offset_mm", self.trachea_max_offset_mm, 0.0, 500.0)
-        _check_range(owner, "trachea_search_mm", self.trachea_search_mm, 0.0, 500.0)
-        _check_range(owner, "max_airway_ml", self.max_airway_ml, 0.0, 2000.0)
-        _check_range(owner, "min_component_ml", self.min_component_ml, 0.0, 5000.0)
-        _check_range(owner, "min_component_extent_mm", self.min_component_extent_mm, 0.0, 500.0)
-        _check_range(owner, "max_component_air_fraction", self.max_component_air_fraction, 0.0, 1.0)
-        _check_range(owner, "bone_threshold_hu", self.bone_threshold_hu, 0.0, 2000.0)
-        _check_range(owner, "gas_threshold_hu", self.gas_threshold_hu, -1024.0, -800.0)
+        check_range(owner, "body_threshold_hu", self.body_threshold_hu, -900.0, 0.0)
+        check_interval(owner, "lung_threshold_range_hu", self.lung_threshold_range_hu, -900.0, 0.0)
+        check_range(owner, "airway_threshold_hu", self.airway_threshold_hu, -1024.0, -800.0)
+        check_interval(owner, "trachea_area_mm2", self.trachea_area_mm2, 0.0, 1e4)
+        check_range(owner, "trachea_max_offset_mm", self.trachea_max_offset_mm, 0.0, 500.0)
+        check_range(owner, "trachea_search_mm", self.trachea_search_mm, 0.0, 500.0)
+        check_range(owner, "max_airway_ml", self.max_airway_ml, 0.0, 2000.0)
+        check_range(owner, "min_component_ml", self.min_component_ml, 0.0, 5000.0)
+        check_range(owner, "min_component_extent_mm", self.min_component_extent_mm, 0.0, 500.0)
+        check_range(owner, "max_component_air_fraction", self.max_component_air_fraction, 0.0, 1.0)
+        check_range(owner, "bone_threshold_hu", self.bone_threshold_hu, 0.0, 2000.0)
+        check_range(owner, "gas_threshold_hu", self.gas_threshold_hu, -1024.0, -800.0)
 
 
 @dataclass(frozen=True)
 class AssessmentConfig:
-    """Plausibility checks of a series before any verdict (:mod:`preprocessing.assessment`).
+    """Plausibility checks of a series before any verdict (:mod:`covidct.preprocessing.assessment`).
 
     Ranges are ``(low, high)`` inclusive. Units: mm, ml, HU, fractions.
     pixel_spacing_mm / slice_spacing_mm: plausible in-plane and slice spacing (mm); the
@@ -305,7 +172,7 @@ class AssessmentConfig:
     min_lung_slices / min_lung_extent_mm: fewer lung-bearing slices or a shorter
         craniocaudal lung extent is ``too_few_lung_slices``.
     coverage_fit_mm / max_taper_mm / max_missing_lung_fraction: whether the scan holds
-        the whole lungs (:mod:`preprocessing.lung_coverage`). Where the first or last
+        the whole lungs (:mod:`covidct.preprocessing.lung_coverage`). Where the first or last
         slice holds lung, the lung beyond that edge is estimated: its area tapers to zero
         over ``A_end / slope`` mm, the slope fitted to the lung area of the outermost
         ``coverage_fit_mm`` (20 mm: 11 slices at 2 mm spacing), at most the flattest
@@ -350,25 +217,25 @@ class AssessmentConfig:
 
     def __post_init__(self) -> None:
         owner = "AssessmentConfig"
-        _check_interval(owner, "pixel_spacing_mm", self.pixel_spacing_mm, 0.0, 100.0)
-        _check_interval(owner, "slice_spacing_mm", self.slice_spacing_mm, 0.0, 100.0)
-        _check_range(owner, "min_body_ml", self.min_body_ml, 0.0, 1e6)
-        _check_range(owner, "min_lung_ml", self.min_lung_ml, 0.0, 1e5)
-        _check_interval(owner, "lung_volume_ml", self.lung_volume_ml, 0.0, 1e5)
+        check_interval(owner, "pixel_spacing_mm", self.pixel_spacing_mm, 0.0, 100.0)
+        check_interval(owner, "slice_spacing_mm", self.slice_spacing_mm, 0.0, 100.0)
+        check_range(owner, "min_body_ml", self.min_body_ml, 0.0, 1e6)
+        check_range(owner, "min_lung_ml", self.min_lung_ml, 0.0, 1e5)
+        check_interval(owner, "lung_volume_ml", self.lung_volume_ml, 0.0, 1e5)
         if isinstance(self.min_lung_slices, bool) or not isinstance(self.min_lung_slices, int) \
                 or not 1 <= self.min_lung_slices <= 10000:
             raise ConfigError(f"{owner}.min_lung_slices={self.min_lung_slices!r}; expected an integer in [1, 10000]")
-        _check_range(owner, "min_lung_extent_mm", self.min_lung_extent_mm, 0.0, 1000.0)
-        _check_range(owner, "coverage_fit_mm", self.coverage_fit_mm, 1.0, 200.0)
-        _check_range(owner, "max_taper_mm", self.max_taper_mm, 1.0, 1000.0)
-        _check_range(owner, "max_missing_lung_fraction", self.max_missing_lung_fraction, 0.0, 1.0)
-        _check_range(owner, "gap_tolerance", self.gap_tolerance, 0.01, 100.0)
-        _check_interval(owner, "air_hu", self.air_hu, -4000.0, 4000.0)
-        _check_interval(owner, "tissue_hu", self.tissue_hu, -4000.0, 4000.0)
-        _check_interval(owner, "soft_tissue_hu", self.soft_tissue_hu, -4000.0, 4000.0)
-        _check_range(owner, "min_soft_tissue_fraction", self.min_soft_tissue_fraction, 0.0, 1.0)
-        _check_range(owner, "min_spine_posterior_mm", self.min_spine_posterior_mm, 0.0, 500.0)
-        _check_range(owner, "max_spine_lateral_ratio", self.max_spine_lateral_ratio, 0.0, 100.0)
+        check_range(owner, "min_lung_extent_mm", self.min_lung_extent_mm, 0.0, 1000.0)
+        check_range(owner, "coverage_fit_mm", self.coverage_fit_mm, 1.0, 200.0)
+        check_range(owner, "max_taper_mm", self.max_taper_mm, 1.0, 1000.0)
+        check_range(owner, "max_missing_lung_fraction", self.max_missing_lung_fraction, 0.0, 1.0)
+        check_range(owner, "gap_tolerance", self.gap_tolerance, 0.01, 100.0)
+        check_interval(owner, "air_hu", self.air_hu, -4000.0, 4000.0)
+        check_interval(owner, "tissue_hu", self.tissue_hu, -4000.0, 4000.0)
+        check_interval(owner, "soft_tissue_hu", self.soft_tissue_hu, -4000.0, 4000.0)
+        check_range(owner, "min_soft_tissue_fraction", self.min_soft_tissue_fraction, 0.0, 1.0)
+        check_range(owner, "min_spine_posterior_mm", self.min_spine_posterior_mm, 0.0, 500.0)
+        check_range(owner, "max_spine_lateral_ratio", self.max_spine_lateral_ratio, 0.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -442,33 +309,3 @@ def _moved(data: dict[str, Any], section: str, key: str) -> Any:
     data[section] = {k: v for k, v in part.items() if k != key}
     return part[key]
 
-
-def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
-    """Build a (nested) frozen config dataclass from plain data, rejecting unknown keys.
-
-    Lists become tuples where the field default is a tuple, so JSON round trips are exact.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {cls.__name__} expects an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown {cls.__name__} keys {unknown}; expected some of {sorted(fields)}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        f = fields[name]
-        default = (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        )
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = config_from_dict(type(default), value, f"{source}.{name}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{source}: cannot build {cls.__name__}: {exc}") from exc

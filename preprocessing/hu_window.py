@@ -1,8 +1,8 @@
 """HU windowing: map Hounsfield units linearly to float32 [0, 1].
 
 ``window_normalize`` is the intensity step of every network input (see
-:mod:`preprocessing.model_inputs`): ``(hu - min_hu) / (max_hu - min_hu)``, clipped to
-[0, 1]. The default window (:class:`~preprocessing.config.WindowConfig`) is
+:mod:`covidct.preprocessing.model_inputs`): ``(hu - min_hu) / (max_hu - min_hu)``, clipped to
+[0, 1]. The default window (:class:`~covidct.preprocessing.config.WindowConfig`) is
 -1000..400 HU, which keeps air, aerated lung, ground-glass opacity, consolidation and
 soft tissue apart and saturates bone.
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import WindowConfig
-from preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
+from covidct.preprocessing.config import WindowConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
 
 
 def check_window(config: WindowConfig) -> tuple[float, float]:

@@ -3,9 +3,9 @@ from the lung-area profile at each end.
 
 Input: the per-slice lung area ``lung_area_mm2`` ``[N]`` (mm^2; one value per slice of the
 ``[N, H, W]`` volume, slices inferior -> superior, as
-:attr:`preprocessing.lung_segmentation.LungSegmentation.lung_area_mm2`) and the slice
+:attr:`covidct.preprocessing.lung_segmentation.LungSegmentation.lung_area_mm2`) and the slice
 spacing (mm). Outputs are in mm, mm^2 and ml; fractions are of the estimated whole lung
-(0..1; the messages of :mod:`preprocessing.assessment` give them in percent).
+(0..1; the messages of :mod:`covidct.preprocessing.assessment` give them in percent).
 
 At each end (inferior: slice 0, the lung bases; superior: slice ``N - 1``, the apices):
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.errors import VolumeError
-from preprocessing.config import AssessmentConfig
+from covidct.preprocessing.config import AssessmentConfig
 
 __all__ = ["ENDS", "EndCoverage", "LungCoverage", "lung_coverage"]
 

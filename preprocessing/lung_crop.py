@@ -15,7 +15,7 @@ silent:
   ``2 r + 1`` px), is not cropped: returned unchanged (only resized when an output size
   other than ``H x W`` is asked for).
 * ``out_hw`` lets a caller crop and resize to the network size in ONE interpolation
-  (:mod:`preprocessing.model_inputs` does this) instead of resizing back to ``H x W`` and
+  (:mod:`covidct.preprocessing.model_inputs` does this) instead of resizing back to ``H x W`` and
   then again to the network size: fewer operations and one blur instead of two. With
   ``out_hw=None`` the result is the paper's (same size as the input).
 * Masks that must stay aligned with the cropped images (mask channels, the lung mask
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import CropConfig
-from preprocessing.devices import ArrayLike, as_tensor, like, to_numpy
-from preprocessing.slice_resize import resize_bilinear, resize_nearest
+from covidct.preprocessing.config import CropConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, like, to_numpy
+from covidct.preprocessing.slice_resize import resize_bilinear, resize_nearest
 
 #: Box rows of slices that are not cropped.
 NO_BOX = (-1, -1, -1, -1)

@@ -53,8 +53,8 @@ import torch
 from scipy import ndimage
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import MaskConfig
-from preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
+from covidct.preprocessing.config import MaskConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
 
 #: A kept lung component is at least this fraction of the slice's largest enclosed one.
 MIN_COMPONENT_FRACTION = 0.10

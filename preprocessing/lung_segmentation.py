@@ -43,7 +43,7 @@ Steps on the block-averaged grid ``v`` (HU, int16 ``[N, h, w]``, ``h = H // fact
    least lung inside the central band (the body's centre column +- 15 % of the grid
    width); columns before it (patient right in DICOM axial order) are label 1, after it 2.
 
-Statistics for the plausibility checks (:mod:`preprocessing.assessment`) are measured on
+Statistics for the plausibility checks (:mod:`covidct.preprocessing.assessment`) are measured on
 the same grid: outside-air and body-tissue HU, a histogram of body-tissue HU, the body's
 centre and the spine (the most persistent bone position over the lung slices).
 
@@ -56,8 +56,8 @@ core of the development box (``benchmarks/results/cpu-2core/README.md``): on a G
 it is the floor of the ``preprocess`` step.
 
 Cost per slice: ``benchmarks/bench_assessment.py``, results in ``benchmarks/results/``.
-The grid helpers live in :mod:`preprocessing.mask_grid`, the airway tree in
-:mod:`preprocessing.airways`.
+The grid helpers live in :mod:`covidct.preprocessing.mask_grid`, the airway tree in
+:mod:`covidct.preprocessing.airways`.
 Input: HU ``[N, H, W]`` (slices inferior -> superior, rows anterior -> posterior, columns
 patient right -> left), spacing ``(z, y, x)`` mm.
 """
@@ -71,10 +71,10 @@ import torch
 from scipy import ndimage
 
 from covidct.errors import VolumeError
-from preprocessing.airways import airway_tree
-from preprocessing.config import LungSegmentationConfig
-from preprocessing.devices import ArrayLike, as_tensor, dtype_name, to_numpy
-from preprocessing.mask_grid import STRUCT_2D, block_mean, bounding_box, fill_slices, reduction_factor
+from covidct.preprocessing.airways import airway_tree
+from covidct.preprocessing.config import LungSegmentationConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, dtype_name, to_numpy
+from covidct.preprocessing.mask_grid import STRUCT_2D, block_mean, bounding_box, fill_slices, reduction_factor
 
 #: Bin edges (HU) of :attr:`LungSegmentation.tissue_histogram`; values outside go to the end bins.
 TISSUE_HIST_EDGES = np.arange(-1100.0, 3110.0, 10.0)
@@ -248,7 +248,7 @@ def segment_lungs(
     """Right/left lung labels of HU ``[N, H, W]`` on a grid reduced to about ``config.mask_size``.
 
     Never fails on content (all air, noise, one slice, no lungs give empty masks and the
-    statistics :mod:`preprocessing.assessment` judges).
+    statistics :mod:`covidct.preprocessing.assessment` judges).
 
     Raises:
         VolumeError: ``hu`` is not a non-empty numeric ``[N, H, W]`` stack, or ``spacing_mm``

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from preprocessing.devices import ArrayLike, as_tensor, like
+from covidct.preprocessing.devices import ArrayLike, as_tensor, like
 
 #: Per-slice (2-D, 4-connected) structuring element for 3-D arrays.
 STRUCT_2D = np.zeros((3, 3, 3), dtype=bool)

@@ -3,17 +3,17 @@
 Training, evaluation, the Triton ``preprocess`` model and the benchmarks all call
 :func:`classifier_inputs` / :func:`segmenter_inputs`, so a model always sees at serving
 time exactly what it saw in training. For HU slices ``[K, H, W]`` and a
-:class:`~preprocessing.config.ModelInputConfig` (``size`` S, ``lung_crop``,
+:class:`~covidct.preprocessing.config.ModelInputConfig` (``size`` S, ``lung_crop``,
 ``mask_channels``):
 
 1. window: ``PipelineConfig.window`` maps HU to float32 [0, 1]
-   (:func:`preprocessing.hu_window.window_normalize`);
+   (:func:`covidct.preprocessing.hu_window.window_normalize`);
 2. if ``lung_crop``: paper 003's crop to the lung box shrunk by ``crop.margin_px``
-   (:mod:`preprocessing.lung_crop`), cropped and resized to S x S in one bilinear
+   (:mod:`covidct.preprocessing.lung_crop`), cropped and resized to S x S in one bilinear
    interpolation; slices without lung are resized whole;
-3. otherwise: bilinear resize to S x S (:mod:`preprocessing.slice_resize`, half-pixel centres);
+3. otherwise: bilinear resize to S x S (:mod:`covidct.preprocessing.slice_resize`, half-pixel centres);
 4. if ``mask_channels``: paper 000's lung mask and infection-candidate mask
-   (:mod:`preprocessing.lung_masks`, computed at full resolution) cropped with the same
+   (:mod:`covidct.preprocessing.lung_masks`, computed at full resolution) cropped with the same
    boxes and resized nearest, stacked as channels 1 and 2 (0.0 / 1.0).
 
 Everything runs with torch on the device of ``hu`` (numpy in, numpy out; a CUDA tensor
@@ -28,12 +28,12 @@ from __future__ import annotations
 import torch
 
 from covidct.errors import VolumeError
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
-from preprocessing.hu_window import window_normalize
-from preprocessing.lung_crop import crop_resize, lung_boxes
-from preprocessing.lung_masks import lung_and_infection_masks
-from preprocessing.slice_resize import resize_bilinear, resize_nearest
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, dtype_name, like
+from covidct.preprocessing.hu_window import window_normalize
+from covidct.preprocessing.lung_crop import crop_resize, lung_boxes
+from covidct.preprocessing.lung_masks import lung_and_infection_masks
+from covidct.preprocessing.slice_resize import resize_bilinear, resize_nearest
 
 Masks = tuple[ArrayLike, ArrayLike]
 

@@ -1,6 +1,6 @@
 """The in-plane reorientation between a DICOM series' stored pixels and the patient frame.
 
-Every :class:`~preprocessing.volume.CTVolume` is laid out in one patient convention (DICOM's
+Every :class:`~covidct.preprocessing.volume.CTVolume` is laid out in one patient convention (DICOM's
 LPS frame): slices from inferior to superior, rows from anterior to posterior, columns
 from the patient's right to left - what a supine, head-first series with Image
 Orientation (Patient) (0020,0037) ``[1,0,0,0,1,0]`` stores. Prone, feet-first and

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import VoteConfig
-from preprocessing.devices import ArrayLike, as_tensor
+from covidct.preprocessing.config import VoteConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor
 
 _EPS = 1e-9
 

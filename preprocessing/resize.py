@@ -1,7 +1,7 @@
 """In-plane resampling of slice stacks ``[N, H, W]``: the index tables, and the host-side nearest resize.
 
 The served and trained numerics resize with torch on the instance's device
-(:mod:`preprocessing.slice_resize`: bilinear for images, nearest for masks); both they and
+(:mod:`covidct.preprocessing.slice_resize`: bilinear for images, nearest for masks); both they and
 this module take their sampling positions from :func:`linear_axis_weights` and
 :func:`nearest_axis_index`. :func:`resize_nearest` here is numpy-only, for callers that
 must not need torch (the client upsamples the returned masks to the series' grid for
@@ -15,7 +15,7 @@ at ``(o + 0.5) * n / m - 0.5``, clamped to the edge. Nearest takes input index
 
 Both accept an optional source ``box = (y0, y1, x0, x1)`` (pixels, end exclusive):
 only that sub-rectangle is resampled to the output size, which is how the lung crop
-(:mod:`preprocessing.lung_crop`) crops and resizes in one interpolation.
+(:mod:`covidct.preprocessing.lung_crop`) crops and resizes in one interpolation.
 """
 
 from __future__ import annotations

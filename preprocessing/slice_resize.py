@@ -1,7 +1,7 @@
 """In-plane resizing of slice stacks ``[N, H, W]`` with torch, on the tensors' device.
 
 Two kernels, both separable and computed with two gathers per axis (no loop over
-slices, no spline prefilter), sampling as :mod:`preprocessing.resize` defines it
+slices, no spline prefilter), sampling as :mod:`covidct.preprocessing.resize` defines it
 (half-pixel centres, the convention of ``torch.nn.functional.interpolate(...,
 align_corners=False)`` without antialiasing and of OpenCV; nearest is torch's
 ``"nearest-exact"``):
@@ -11,7 +11,7 @@ align_corners=False)`` without antialiasing and of OpenCV; nearest is torch's
 
 Both accept an optional source ``box = (y0, y1, x0, x1)`` (pixels, end exclusive): only
 that sub-rectangle is resampled to the output size (the lung crop,
-:mod:`preprocessing.lung_crop`, crops and resizes in one interpolation). numpy stacks in,
+:mod:`covidct.preprocessing.lung_crop`, crops and resizes in one interpolation). numpy stacks in,
 numpy stacks out; tensors stay tensors on their device.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from preprocessing.devices import ArrayLike, as_tensor, like
-from preprocessing.resize import Box, check_box, check_out, check_stack, linear_axis_weights, nearest_axis_index
+from covidct.preprocessing.devices import ArrayLike, as_tensor, like
+from covidct.preprocessing.resize import Box, check_box, check_out, check_stack, linear_axis_weights, nearest_axis_index
 
 
 def _bilinear(x: torch.Tensor, out_hw: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:

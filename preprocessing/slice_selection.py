@@ -2,7 +2,7 @@
 
 **Lung area** (``SelectionConfig.rule == "lung_area"``, :func:`select_by_lung_area`): a
 slice is kept when its lung area (mm^2, from the whole-series 3-D lung mask of
-:mod:`preprocessing.lung_segmentation`) is at least ``min_lung_area_fraction`` (0.25) of
+:mod:`covidct.preprocessing.lung_segmentation`) is at least ``min_lung_area_fraction`` (0.25) of
 the series maximum. It discards the lung apices and bases, where little lung is cut,
 and keeps every slice with a sizeable lung section, wherever the lesions sit. On the
 three COVID-CT-MD sample series it keeps all 83 labelled-infected slices (paper 002's
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.errors import ConfigError, NoOpenLungError, VolumeError
-from preprocessing.config import SelectionConfig
+from covidct.preprocessing.config import SelectionConfig
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def select_by_lung_area(lung_area_mm2: np.ndarray, config: SelectionConfig = Sel
 
     Args:
         lung_area_mm2: float ``[N]``, lung area per slice in mm^2 (e.g.
-            :attr:`preprocessing.lung_segmentation.LungSegmentation.lung_area_mm2`).
+            :attr:`covidct.preprocessing.lung_segmentation.LungSegmentation.lung_area_mm2`).
 
     Raises:
         VolumeError: the areas are not a non-empty 1-D array of finite values >= 0.

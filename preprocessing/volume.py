@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from covidct.errors import VolumeError
-from preprocessing.orientation import IDENTITY, InPlaneTransform
+from covidct.preprocessing.orientation import IDENTITY, InPlaneTransform
 
 SOURCE_FORMATS = ("dicom", "dicom-zip", "nifti", "tiff", "array")
 
@@ -46,7 +46,7 @@ class CTVolume:
         source_frames: per slice, its 1-based frame number inside a multi-frame source
             file (Enhanced / Legacy Converted Enhanced CT); empty for single-frame files.
         orientation: how the stored pixels of the source slices were turned into this
-            patient-frame layout (:class:`~preprocessing.orientation.InPlaneTransform`;
+            patient-frame layout (:class:`~covidct.preprocessing.orientation.InPlaneTransform`;
             the identity for supine head-first DICOM and for the other formats);
             ``orientation.to_source`` maps masks back to the source frames.
         source_series: which series of the input was read and why, in words (Series

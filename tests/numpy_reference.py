@@ -1,9 +1,9 @@
 """The numpy implementation of the per-slice numerics, as it was before they moved to torch.
 
-The served and trained numerics (:mod:`preprocessing.hu_window`,
-:mod:`preprocessing.slice_resize`, :mod:`preprocessing.lung_masks`,
-:mod:`preprocessing.lung_crop`, :mod:`preprocessing.model_inputs`,
-:func:`preprocessing.mask_grid.block_mean`, the vote and burden counts) are torch
+The served and trained numerics (:mod:`covidct.preprocessing.hu_window`,
+:mod:`covidct.preprocessing.slice_resize`, :mod:`covidct.preprocessing.lung_masks`,
+:mod:`covidct.preprocessing.lung_crop`, :mod:`covidct.preprocessing.model_inputs`,
+:func:`covidct.preprocessing.mask_grid.block_mean`, the vote and burden counts) are torch
 operations on the model instance's device. This module keeps the numpy implementation
 they replaced (the same arithmetic; block_mean without its cache chunking) as the
 oracle of ``tests/unit/test_device_numerics.py``: the
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.config import MaskConfig, ModelInputConfig, PipelineConfig
-from preprocessing.lung_crop import NO_BOX
-from preprocessing.lung_masks import CHUNK_SLICES, _lung_from_low_density, _work_setup
-from preprocessing.resize import linear_axis_weights, resize_nearest  # numpy, the client's; unchanged
+from covidct.preprocessing.config import MaskConfig, ModelInputConfig, PipelineConfig
+from covidct.preprocessing.lung_crop import NO_BOX
+from covidct.preprocessing.lung_masks import CHUNK_SLICES, _lung_from_low_density, _work_setup
+from covidct.preprocessing.resize import linear_axis_weights, resize_nearest  # numpy, the client's; unchanged
 
 
 def window_normalize(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:

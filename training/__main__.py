@@ -1,8 +1,8 @@
-"""``python -m training``: see :mod:`training.cli`."""
+"""``python -m covidct.training``: see :mod:`covidct.training.cli`."""
 
 import sys
 
-from training.cli import main
+from covidct.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,14 @@
 """Checkpoints: the folder layout of docs/architecture.md ("Checkpoints").
 
 ``<dir>/weights.pt`` (state dict), ``<dir>/model_config.json``
-(:class:`training.registry.ModelConfig`), ``<dir>/pipeline_config.json``
-(:class:`preprocessing.config.PipelineConfig`), ``<dir>/model_card.json``
-(:class:`training.model_card.ModelCard`: training data, evaluation, intended use, the
+(:class:`covidct.training.registry.ModelConfig`), ``<dir>/pipeline_config.json``
+(:class:`covidct.preprocessing.config.PipelineConfig`), ``<dir>/model_card.json``
+(:class:`covidct.training.model_card.ModelCard`: training data, evaluation, intended use, the
 SHA-256 of ``weights.pt``), and optionally ``<dir>/extra.json`` (training state such as
 the epoch; the optimiser state goes to ``optimizer.pt``).
 
 :func:`load_checkpoint` does not need the card (older checkpoints load); the exporter
-does (:func:`training.model_card.load_model_card`).
+does (:func:`covidct.training.model_card.load_model_card`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from covidct.errors import CheckpointError, ConfigError
-from preprocessing.config import PipelineConfig
-from training.model_card import ModelCard, file_sha256, load_model_card, unrecorded_card, write_model_card
-from training.registry import MODEL_CONFIG_FILENAME, ModelConfig, create_model_from_config
+from covidct.preprocessing.config import PipelineConfig
+from covidct.training.model_card import ModelCard, file_sha256, load_model_card, unrecorded_card, write_model_card
+from covidct.training.registry import MODEL_CONFIG_FILENAME, ModelConfig, create_model_from_config
 
 WEIGHTS_FILENAME = "weights.pt"
 EXTRA_FILENAME = "extra.json"
@@ -60,7 +60,7 @@ def save_checkpoint(
     """
     cfg = getattr(model, "model_config", None)
     if not isinstance(cfg, ModelConfig):
-        raise CheckpointError("model has no .model_config; build it with training.registry.create_model")
+        raise CheckpointError("model has no .model_config; build it with covidct.training.registry.create_model")
     out = Path(directory)
     check_pipeline_matches(cfg, pipeline_config, str(out))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,15 @@
-"""Command line: ``python -m training {train,evaluate,kfold,models,presets}``.
+"""Command line: ``python -m covidct.training {train,evaluate,kfold,models,presets}``.
 
 Examples::
 
-    python -m training train --preset paper000 --input-size 64 --epochs 5 --out runs/cnn6
-    python -m training train --model unet --data dicom-csv --data-path DATA --out runs/unet
-    python -m training train --resume runs/cnn6 --epochs 10 --out runs/cnn6
-    python -m training evaluate --checkpoint runs/cnn6 --data dicom-csv --data-path DATA --out eval/
-    python -m training evaluate --checkpoint runs/cnn6 --data dicom-csv --data-path VAL --out eval/ \
+    python -m covidct.training train --preset paper000 --input-size 64 --epochs 5 --out runs/cnn6
+    python -m covidct.training train --model unet --data dicom-csv --data-path DATA --out runs/unet
+    python -m covidct.training train --resume runs/cnn6 --epochs 10 --out runs/cnn6
+    python -m covidct.training evaluate --checkpoint runs/cnn6 --data dicom-csv --data-path DATA --out eval/
+    python -m covidct.training evaluate --checkpoint runs/cnn6 --data dicom-csv --data-path VAL --out eval/ \
         --pick-vote-threshold [--apply-vote-threshold]
-    python -m training evaluate --folds 5 --preset paper000 --out cv/      # k-fold CV
-    python -m training kfold --preset kfold-small --data dicom-csv --data-path DATA \
+    python -m covidct.training evaluate --folds 5 --preset paper000 --out cv/      # k-fold CV
+    python -m covidct.training kfold --preset kfold-small --data dicom-csv --data-path DATA \
         --leave-one-patient-out --out runs/lopo   # pooled figures + final model in runs/lopo/final
 
 ``kfold`` trains one classifier per patient-level fold, pools the held-out patients'
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from covidct.errors import ConfigError, CovidCTError
-from training.config import DATA_KINDS, OPTIMIZERS, PRESETS, TrainConfig, resolve_train_config
-from training.labels import LABEL_RULES
+from covidct.training.config import DATA_KINDS, OPTIMIZERS, PRESETS, TrainConfig, resolve_train_config
+from covidct.training.labels import LABEL_RULES
 
 TOP_LEVEL = {
     "model": "model", "input_size": "input_size", "num_outputs": "num_outputs", "epochs": "epochs",
@@ -52,7 +52,7 @@ DATA_KEYS = {
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="the papers' settings")
-    p.add_argument("--model", help="registry name (python -m training models)")
+    p.add_argument("--model", help="registry name (python -m covidct.training models)")
     p.add_argument("--input-size", type=int, help="square input side in pixels")
     p.add_argument("--num-outputs", type=int, choices=(1, 2), help="1 sigmoid/BCE, 2 softmax/CCE")
     p.add_argument("--mask-channels", action="store_true", default=None, help="lung+infection masks as channels")
@@ -121,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m covidct.training", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a network into a checkpoint folder")
     _add_train_options(train)
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
-        from training.registry import default_config, list_models
+        from covidct.training.registry import default_config, list_models
 
         for name in list_models():
             c = default_config(name)
@@ -163,12 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "presets":
         print(json.dumps(PRESETS, indent=2))
         return 0
-    from training import run
+    from covidct.training import checkpoint_eval, kfold, run
 
     try:
         cfg = config_from_args(args)
         if args.command == "train" and cfg.data.kind == "sets":
-            from training.recipes import run_sets
+            from covidct.training.recipes import run_sets
 
             report = run_sets(cfg, args.out, progress=not args.quiet)
             summary = {k: report.get(k) for k in ("method", "validation_per_set", "thresholds", "dice",
@@ -184,22 +184,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "kfold":
             if args.leave_one_patient_out == bool(args.folds):
                 raise ConfigError("kfold needs exactly one of --folds K and --leave-one-patient-out")
-            report = run.run_kfold(cfg, args.out, folds=args.folds, leave_one_out=args.leave_one_patient_out,
-                                   apply_vote_threshold=args.apply_vote_threshold, progress=not args.quiet)
+            report = kfold.run_kfold(cfg, args.out, folds=args.folds, leave_one_out=args.leave_one_patient_out,
+                                     apply_vote_threshold=args.apply_vote_threshold, progress=not args.quiet)
             summary = {k: report[k] for k in ("method", "patients", "slice_roc_auc", "vote_threshold",
                                               "patient_verdicts", "vote_threshold_pick", "seconds", "warnings",
                                               "final_checkpoint")}
             summary["report"] = str(Path(args.out) / "report.json")
         elif args.checkpoint:
-            report = run.evaluate_checkpoint(args.checkpoint, cfg.data, args.out, slices=args.slices,
-                                             device=cfg.device, progress=not args.quiet,
-                                             pick_threshold=args.pick_vote_threshold,
-                                             apply_threshold=args.apply_vote_threshold)
+            report = checkpoint_eval.evaluate_checkpoint(args.checkpoint, cfg.data, args.out, slices=args.slices,
+                                                         device=cfg.device, progress=not args.quiet,
+                                                         pick_threshold=args.pick_vote_threshold,
+                                                         apply_threshold=args.apply_vote_threshold)
             summary = {k: report.get(k) for k in ("slice", "patient", "all_slices", "vote_threshold_pick")
                        if k in report}
             summary["report"] = str(Path(args.out) / "report.json")
         else:
-            summary = run.run_crossval(cfg, args.out, progress=not args.quiet)
+            summary = kfold.run_crossval(cfg, args.out, progress=not args.quiet)
     except CovidCTError as exc:
         print(f"error: {exc}")
         return 2

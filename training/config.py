@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from covidct.errors import ConfigError
-from preprocessing.config import JsonConfig
-from training.augment import AugmentConfig
-from training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
+from covidct.preprocessing.config_json import JsonConfig
+from covidct.training.augment import AugmentConfig
+from covidct.training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
 
 TRAIN_CONFIG_FILENAME = "train_config.json"
 #: Sources of one layout each, and ``sets``: several of them under one data root (recipes).
@@ -32,11 +32,11 @@ class DataConfig:
     + one DICOM folder per patient), ``tiff`` (COVID-CTset: ``path/<class>/<patient>/``
     16-bit TIFF), ``nifti`` (``path/images``, ``path/infection_masks``, optional
     ``path/lung_masks``; files paired by name); the 8-bit image layouts of
-    :mod:`training.image_sources`: ``mosmed-slices`` and ``sars-cov-2-ct`` (``labels.csv`` with
+    :mod:`covidct.training.image_sources`: ``mosmed-slices`` and ``sars-cov-2-ct`` (``labels.csv`` with
     ``file,label``), ``infection-masks`` (``images/`` + ``masks/``); ``sets``: several
     sources under the data root ``path`` (``train_sets`` / ``validation_sets``).
     transform: how the stored images of an image kind turn into the patient frame
-    (:data:`training.image_sources.TRANSFORMS`: ``none``, ``rot90``, ``transpose``, ...).
+    (:data:`covidct.training.image_sources.TRANSFORMS`: ``none``, ``rot90``, ``transpose``, ...).
     train_sets / validation_sets (kind ``sets``): ``"KIND:PATH[:TRANSFORM]"`` entries, PATH
     relative to ``path``. Classifiers: with no validation set, each training set is held
     out in turn (leave-one-source-out) and the final network trains on all of them;
@@ -45,7 +45,7 @@ class DataConfig:
     insertion_copies: lesion-inserted copies per normal series (plus the normal itself).
     seg_target: segmenter target mask, ``infection`` or ``lung``.
     label_rule: how ``dicom-csv`` diagnoses and ``infected`` values become slice labels
-    (:data:`training.labels.LABEL_RULES`: ``covid-vs-rest`` (default),
+    (:data:`covidct.training.labels.LABEL_RULES`: ``covid-vs-rest`` (default),
     ``three-class``, ``slice-labels``); other kinds ignore it.
     """
 
@@ -68,7 +68,7 @@ class TrainConfig(JsonConfig):
     """Everything a training run needs besides the data files themselves.
 
     model: registry name; input_size/num_outputs/in_channels: None = registry default
-    (in_channels 3 when ``mask_channels``). loss: a name of ``training.losses.LOSSES``
+    (in_channels 3 when ``mask_channels``). loss: a name of ``covidct.training.losses.LOSSES``
     (None = bce, cce for 2 outputs, focal_tversky for segmenters).
     train_slices: ``selected`` (open-lung slices, as served) or ``all``.
     empty_slice_fraction: fraction of segmenter slices without foreground kept
@@ -190,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The shipped classifier (ours): ImageNet-initialised EfficientNet-Lite0 on lung-cropped
     # slices of real chest CT (MosMed full slices, Sao Paulo thorax crops), 8-bit images mapped
     # to HU per image; validated leave-one-source-out, then trained on both.
-    # python -m training train --preset real-classifier --data-path ../shared/data --out DIR
+    # python -m covidct.training train --preset real-classifier --data-path ../shared/data --out DIR
     "real-classifier": {
         "model": "efficientnet_lite0", "input_size": 224, "lung_crop": True, "optimizer": "adam",
         "lr": 3e-4, "weight_decay": 1e-5, "lr_schedule": "cosine", "loss": "bce", "epochs": 6, "batch_size": 16,

@@ -1,9 +1,9 @@
 """Slice data sets: patient volumes -> network inputs, labels and masks.
 
-Every slice goes through :func:`preprocessing.model_inputs.classifier_inputs` /
-:func:`~preprocessing.model_inputs.segmenter_inputs`, the same function the Triton
+Every slice goes through :func:`covidct.preprocessing.model_inputs.classifier_inputs` /
+:func:`~covidct.preprocessing.model_inputs.segmenter_inputs`, the same function the Triton
 ``preprocess`` model calls (train/serve parity). The open-lung selection of paper 002
-(:func:`preprocessing.slice_selection.select_open_lung_slices`) is run once per patient
+(:func:`covidct.preprocessing.slice_selection.select_open_lung_slices`) is run once per patient
 on the whole volume; it decides which slices are trained on (``slices="selected"``) and
 which are voted on in the patient-level evaluation.
 
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from covidct.errors import DatasetError, NoOpenLungError
-from preprocessing.config import PipelineConfig
-from preprocessing.lung_masks import lung_mask
-from preprocessing.model_inputs import classifier_inputs, segmenter_inputs
-from preprocessing.slice_resize import resize_bilinear
-from preprocessing.slice_selection import select_open_lung_slices
-from training.patients import UNLABELLED, PatientCase, PatientData
+from covidct.preprocessing.config import PipelineConfig
+from covidct.preprocessing.lung_masks import lung_mask
+from covidct.preprocessing.model_inputs import classifier_inputs, segmenter_inputs
+from covidct.preprocessing.slice_resize import resize_bilinear
+from covidct.preprocessing.slice_selection import select_open_lung_slices
+from covidct.training.patients import UNLABELLED, PatientCase, PatientData
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,9 @@ def prepare_cases(
     if not cases:
         raise DatasetError("no patients to prepare (empty data set)")
     if progress:
-        from tqdm import tqdm
+        from covidct.progress import progress as progress_bar
 
-        cases = tqdm(cases, desc="prepare", unit="patient", leave=False)
+        cases = progress_bar(cases, desc="prepare", unit="patient", leave=False)
     return [prepare_patient(c.load(), pipeline, task, slices=slices, seg_target=seg_target) for c in cases]
 
 

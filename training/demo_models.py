@@ -11,7 +11,7 @@ and writes one checkpoint folder per network. Both checkpoints carry the same
 ``pipeline_config.json`` (classifier input 64 px with mask channels, segmenter input
 64 px), so the ensemble can take either, and a ``model_card.json`` saying what they are:
 ``demo: true``, ``training_data.source_kind: "phantom"``, ``synthetic: true`` and the
-warning :data:`training.model_card.DEMO_WARNING`, which the served answers carry.
+warning :data:`covidct.training.model_card.DEMO_WARNING`, which the served answers carry.
 
 Decisions (ours, recorded in each ``train_config.json``): on the phantom the raw
 64 px image alone generalised poorly to unseen patients (slice AUC 0.5-0.7 in our
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.config import resolve_train_config
-from training.run import RunResult, run_training
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.config import resolve_train_config
+from covidct.training.run import RunResult, run_training
 
 CLASSIFIER_SIZE = 64
 SEGMENTER_SIZE = 64

@@ -3,7 +3,7 @@
 Classifiers: per-slice metrics on the labelled prepared slices (precision, recall, F1,
 accuracy, sensitivity, specificity, ROC AUC) and patient-level results through the
 serving path: the slices chosen by ``select_open_lung_slices`` on the whole volume are
-classified and :func:`preprocessing.patient_vote.patient_vote` decides (reported for the
+classified and :func:`covidct.preprocessing.patient_vote.patient_vote` decides (reported for the
 pipeline's vote fraction and for the authors' released 0.10).
 Segmenters: pooled Dice and pixel precision/recall at 0.5, against an all-background
 prediction.
@@ -30,12 +30,12 @@ import numpy as np
 from torch import nn
 
 from covidct.errors import DatasetError
-from preprocessing.config import PipelineConfig, VoteConfig
-from preprocessing.patient_vote import patient_vote
-from training.datasets import PreparedPatient
-from training.metrics import classification_metrics, confusion_counts, roc_curve, segmentation_metrics
-from training.patients import UNLABELLED
-from training.predict import predict_probabilities
+from covidct.preprocessing.config import PipelineConfig, VoteConfig
+from covidct.preprocessing.patient_vote import patient_vote
+from covidct.training.datasets import PreparedPatient
+from covidct.training.metrics import classification_metrics, confusion_counts, roc_curve, segmentation_metrics
+from covidct.training.patients import UNLABELLED
+from covidct.training.predict import predict_probabilities
 
 REPORT_FILENAME = "report.json"
 RELEASED_CODE_VOTE_FRACTION = 0.10
@@ -181,7 +181,7 @@ def finite_json(value: Any) -> Any:
 def write_report(report: dict[str, Any], out_dir: str | Path,
                  history: Sequence[dict[str, Any]] | None = None, prefix: str = "") -> Path:
     """``<prefix>report.json`` (NaN -> null) plus PNG plots in ``out_dir``."""
-    from training import plots
+    from covidct.training import plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,14 +46,14 @@ from typing import Callable
 import numpy as np
 
 from covidct.errors import ConfigError, DatasetError
-from training.labels import (
+from covidct.training.labels import (
     ACCEPTED_DIAGNOSES,
     DEFAULT_LABEL_RULE,
     DIAGNOSES,
     DIAGNOSIS_NAMES,
     LABEL_RULES,
 )
-from training.patients import UNLABELLED, PatientCase, PatientData
+from covidct.training.patients import UNLABELLED, PatientCase, PatientData
 
 POSITIVE_CLASSES = {"covid", "covid19", "covid-19", "positive", "1"}
 NEGATIVE_CLASSES = {"normal", "negative", "non-covid", "noncovid", "0"}
@@ -63,7 +63,7 @@ RULES_NEEDING_DIAGNOSIS = ("covid-vs-rest", "three-class")
 
 
 def _read(path: Path):
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     return read_series(path)
 

@@ -48,6 +48,6 @@ class ProbabilityModel(nn.Module):
 
 
 def probability_model(network: nn.Module, model_config) -> ProbabilityModel:
-    """Wrap ``network`` using its :class:`training.registry.ModelConfig`; eval mode."""
+    """Wrap ``network`` using its :class:`covidct.training.registry.ModelConfig`; eval mode."""
     model = ProbabilityModel(network, model_config.task, model_config.num_outputs)
     return model.eval()

@@ -13,11 +13,11 @@ Three public layouts (each image is one "patient" of one slice, ``hu`` int16 ``[
   group ``<volume>``. Slice label: any infection pixel. Non-square images are padded to a
   square with air (-1000 HU), as a served slice is square.
 
-Each image goes through :func:`preprocessing.gray_to_hu.estimate_gray_to_hu` (its own
+Each image goes through :func:`covidct.preprocessing.gray_to_hu.estimate_gray_to_hu` (its own
 gray-to-HU map, never one window for a set) and :func:`orient` (``transform``: how the
 stored image turns into the readers' patient frame, rows anterior -> posterior, columns
 right -> left; :data:`TRANSFORMS`). An image whose map cannot be estimated raises
-:class:`~covidct.errors.GrayMapError` when loaded; :func:`training.datasets.prepare_cases`
+:class:`~covidct.errors.GrayMapError` when loaded; :func:`covidct.training.datasets.prepare_cases`
 lists it as skipped with the reason. An unreadable image or a mask of another size raises
 :class:`~covidct.errors.DatasetError` naming the file. Spacing is not recorded in these
 images: ``spacing_mm`` is the nominal (1, 1, 1) (nothing downstream of the slice inputs uses it).
@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from covidct.errors import DatasetError
-from training.patients import PatientCase, PatientData
+from covidct.training.patients import PatientCase, PatientData
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 #: Stored image -> patient frame (numpy views of ``[H, W]``).
@@ -82,7 +82,7 @@ def read_gray(path: Path) -> np.ndarray:
 
 def image_to_hu(path: Path, transform: str) -> tuple[np.ndarray, dict]:
     """File -> (int16 HU ``[H, W]`` in the patient frame, the estimated map as a dict)."""
-    from preprocessing.gray_to_hu import estimate_gray_to_hu
+    from covidct.preprocessing.gray_to_hu import estimate_gray_to_hu
 
     gray = read_gray(path)
     mapping = estimate_gray_to_hu(gray, source=str(path))
@@ -177,7 +177,7 @@ def _read_mask(path: Path, shape: tuple[int, int], image: Path) -> np.ndarray:
 
 def _mask_loader(image: Path, mask: Path, pid: str, group: str, transform: str) -> Callable[[], PatientData]:
     def load() -> PatientData:
-        from preprocessing.gray_to_hu import estimate_gray_to_hu
+        from covidct.preprocessing.gray_to_hu import estimate_gray_to_hu
 
         gray = read_gray(image)
         target = _read_mask(mask, gray.shape, image)

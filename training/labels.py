@@ -1,7 +1,7 @@
 """The label rules of real-data training sources and the diagnoses they accept.
 
-Plain data (no I/O, no torch): the ``dicom-csv`` source (:mod:`training.file_sources`)
-applies the rules, model cards (:mod:`training.model_card`) quote their definitions.
+Plain data (no I/O, no torch): the ``dicom-csv`` source (:mod:`covidct.training.file_sources`)
+applies the rules, model cards (:mod:`covidct.training.model_card`) quote their definitions.
 """
 
 from __future__ import annotations

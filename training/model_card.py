@@ -15,7 +15,7 @@ Fields (JSON object, ``card_version`` 2; version 1 cards, without ``datasets``,
   ``tiff``, ``nifti``, or ``none`` for weights saved without a training run),
   ``synthetic``, ``patients_per_class`` / ``slices_per_class`` (class name -> count),
   ``label_definition`` (a sentence), ``label_rule`` (dicom-csv only, else null);
-- ``training_config``: the resolved :class:`training.config.TrainConfig` as a dict;
+- ``training_config``: the resolved :class:`covidct.training.config.TrainConfig` as a dict;
 - ``evaluation``: patient-level k-fold figures when a k-fold run produced the model
   (and a vote-threshold pick when one was made), else null;
 - ``intended_use`` (a sentence), ``demo`` (true when the training data are synthetic or
@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from covidct.errors import CheckpointError, ConfigError
-from preprocessing.config import JsonConfig, PipelineConfig
+from covidct.preprocessing.config import PipelineConfig
+from covidct.preprocessing.config_json import JsonConfig
 
 CARD_VERSION = 2
 SUPPORTED_CARD_VERSIONS = (1, 2)
@@ -235,10 +236,10 @@ def training_data_record(
     label_definition: str | None = None,
 ) -> TrainingData:
     """A :class:`TrainingData` entry; the label definition defaults to the source kind's
-    (dicom-csv: the label rule's, :data:`training.labels.LABEL_RULES`)."""
+    (dicom-csv: the label rule's, :data:`covidct.training.labels.LABEL_RULES`)."""
     if label_definition is None:
         if source_kind == "dicom-csv":
-            from training.labels import LABEL_RULES
+            from covidct.training.labels import LABEL_RULES
 
             label_definition = LABEL_RULES.get(label_rule or "", f"label rule {label_rule!r}")
         else:
@@ -262,7 +263,7 @@ def make_card(
     training_config: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """Card of a network (:class:`training.registry.ModelConfig`) deployed with ``pipeline``.
+    """Card of a network (:class:`covidct.training.registry.ModelConfig`) deployed with ``pipeline``.
 
     ``demo`` is true when the data are synthetic or not recorded; ``intended_use`` and
     ``warning`` follow from it (a model trained on real data still carries a warning
@@ -307,10 +308,10 @@ def training_data_for_run(
     data: Any, train_ds: Any, patients: Sequence[Any], diagnoses: Mapping[str, str] | None = None
 ) -> TrainingData:
     """Model-card record of a training run: the slices of ``train_ds``
-    (:class:`training.datasets.SliceDataset`) and the ``patients``
-    (:class:`training.datasets.PreparedPatient`) they came from, counted by diagnosis
+    (:class:`covidct.training.datasets.SliceDataset`) and the ``patients``
+    (:class:`covidct.training.datasets.PreparedPatient`) they came from, counted by diagnosis
     where the source has one, else by patient label; ``data`` is the run's
-    :class:`training.config.DataConfig`."""
+    :class:`covidct.training.config.DataConfig`."""
     names = CLASS_NAMES.get(data.label_rule, BINARY_NAMES) if data.kind == "dicom-csv" else BINARY_NAMES
     diagnoses = diagnoses or {}
     per_patient = Counter(
@@ -334,7 +335,7 @@ def holdout_evaluation(
     report: dict[str, Any] | None, num_validation: int, method: str = "hold-out"
 ) -> dict[str, Any] | None:
     """Model-card figures of the validation patients of a hold-out (or one-fold) run
-    (``report`` of :func:`training.evaluate.evaluate`), or None without validation
+    (``report`` of :func:`covidct.training.evaluate.evaluate`), or None without validation
     patients."""
     if report is None:
         return None
@@ -358,8 +359,8 @@ def load_model_card(directory: str | Path) -> ModelCard:
         path = path / FILENAME
     if not path.is_file():
         raise CheckpointError(
-            f"{path}: checkpoint has no model card; retrain it with `python -m training train` "
-            f"or write one with training.model_card.make_card(...).save(folder)"
+            f"{path}: checkpoint has no model card; retrain it with `python -m covidct.training train` "
+            f"or write one with covidct.training.model_card.make_card(...).save(folder)"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

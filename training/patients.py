@@ -7,7 +7,7 @@ real patient, e.g. lesion-inserted versions of one normal series, share a group 
 never split across train and validation).
 
 File-based sources (DICOM + labels.csv, COVID-CTset TIFF, NIfTI with masks) are in
-:mod:`training.file_sources`.
+:mod:`covidct.training.file_sources`.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class PatientCase:
 
 def _phantom_loader(pid: str, label: int, num_slices: int, size: int, seed: int) -> Callable[[], PatientData]:
     def load() -> PatientData:
-        from preprocessing.synthetic.phantom import make_phantom
+        from covidct.preprocessing.synthetic.phantom import make_phantom
 
         ph = make_phantom(num_slices=num_slices, size=size, covid=bool(label), seed=seed)
         return PatientData(
@@ -118,7 +118,7 @@ def phantom_cases(
 
 def _insertion_loader(source: str, pid: str, copy: int, seed: int) -> Callable[[], PatientData]:
     def load() -> PatientData:
-        from preprocessing.io.series_reader import read_series
+        from covidct.preprocessing.io.series_reader import read_series
 
         volume = read_series(source)
         if copy == 0:
@@ -132,7 +132,7 @@ def _insertion_loader(source: str, pid: str, copy: int, seed: int) -> Callable[[
                 infection_mask=np.zeros(volume.hu.shape, bool),
                 group_id=source,
             )
-        from preprocessing.synthetic.lesion_insertion import insert_lesions
+        from covidct.preprocessing.synthetic.lesion_insertion import insert_lesions
 
         ph = insert_lesions(volume, seed=seed)
         return PatientData(

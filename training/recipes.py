@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from covidct.errors import ConfigError, DatasetError
-from preprocessing.config import PipelineConfig
-from training.config import TrainConfig
-from training.datasets import SliceDataset
-from training.evaluate import finite_json
-from training.run_info import run_info
-from training.sets import PreparedSet, class_counts, data_report, parse_set, prepare_set
+from covidct.preprocessing.config import PipelineConfig
+from covidct.training.config import TrainConfig
+from covidct.training.datasets import SliceDataset
+from covidct.training.evaluate import finite_json
+from covidct.training.run_info import run_info
+from covidct.training.sets import PreparedSet, class_counts, data_report, parse_set, prepare_set
 
 INFECTION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 VOTE_FRACTION_RANGE = (0.10, 0.50)
@@ -115,7 +115,7 @@ def slice_figures(labels: np.ndarray, probs: np.ndarray, threshold: float) -> di
 
 
 def _labelled(patients: Sequence[Any], model: torch.nn.Module, device: str) -> tuple[np.ndarray, np.ndarray]:
-    from training.predict import predict_probabilities
+    from covidct.training.predict import predict_probabilities
 
     ds = SliceDataset(patients, "classification")
     probs = predict_probabilities(model, ds.inputs.numpy(), device=device)
@@ -138,8 +138,8 @@ def _prepare(cfg: TrainConfig, pipeline: PipelineConfig, task: str, progress: bo
 
 def _train(cfg: TrainConfig, train: Sequence[PreparedSet], val: Sequence[PreparedSet], pipeline: PipelineConfig,
            out: Path | None, progress: bool) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-    from training.run import model_for
-    from training.trainer import train_model
+    from covidct.training.run import model_for
+    from covidct.training.trainer import train_model
 
     model = model_for(cfg)
     task = model.model_config.task
@@ -152,9 +152,9 @@ def _train(cfg: TrainConfig, train: Sequence[PreparedSet], val: Sequence[Prepare
 
 def _finish(cfg: TrainConfig, model: torch.nn.Module, pipeline: PipelineConfig, out: Path, history, report,
             train: Sequence[PreparedSet], val: Sequence[PreparedSet], started: float) -> dict[str, Any]:
-    from training.model_card import file_sha256, make_card, training_data_record
-    from training.plots import plot_training_curves
-    from training.trainer import write_checkpoint
+    from covidct.training.model_card import file_sha256, make_card, training_data_record
+    from covidct.training.plots import plot_training_curves
+    from covidct.training.trainer import write_checkpoint
 
     write_checkpoint(out, model, pipeline, cfg, history)
     datarep = data_report(train, val)
@@ -186,7 +186,7 @@ def _finish(cfg: TrainConfig, model: torch.nn.Module, pipeline: PipelineConfig, 
 
 
 def _label_definition(model: torch.nn.Module, train: Sequence[PreparedSet]) -> str:
-    from training.model_card import LABEL_DEFINITIONS
+    from covidct.training.model_card import LABEL_DEFINITIONS
 
     if model.model_config.task == "segmentation":
         return "Pixel label 1 inside the infection mask (ground-glass opacity and consolidation)."
@@ -229,8 +229,8 @@ def weights_licence(sets: Sequence[dict[str, Any]], imagenet: bool) -> str:
 
 def run_classifier_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Leave-one-source-out (or the given validation sets), thresholds, final network; see the module docstring."""
-    from training.plots import plot_reliability, plot_roc_sets, plot_training_curves
-    from training.run import model_config_for, pipeline_for
+    from covidct.training.plots import plot_reliability, plot_roc_sets, plot_training_curves
+    from covidct.training.run import model_config_for, pipeline_for
 
     started = time.perf_counter()
     if cfg.num_threads > 0:
@@ -309,8 +309,8 @@ def segmentation_figures(probs: np.ndarray, truth: np.ndarray, threshold: float)
 
 def run_segmenter_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train on the training sets, validate on the validation sets, pick the infection threshold."""
-    from training.predict import predict_probabilities
-    from training.run import model_config_for, pipeline_for
+    from covidct.training.predict import predict_probabilities
+    from covidct.training.run import model_config_for, pipeline_for
 
     started = time.perf_counter()
     if cfg.num_threads > 0:
@@ -350,7 +350,7 @@ def run_segmenter_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool 
 
 def run_sets(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """A ``sets`` run of a classifier or a segmenter (by the registered network's task)."""
-    from training.registry import default_config
+    from covidct.training.registry import default_config
 
     if default_config(cfg.model).task == "classification":
         return run_classifier_sets(cfg, out_dir, progress=progress)

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 from covidct.errors import ConfigError
-from preprocessing.config import JsonConfig
+from covidct.preprocessing.config_json import JsonConfig
 
 MODEL_CONFIG_FILENAME = "model_config.json"
 TASKS = ("classification", "segmentation")
@@ -106,7 +106,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # The model families register themselves when imported.
-    import training.models  # noqa: F401
+    import covidct.training.models  # noqa: F401
 
 
 def list_models(task: str | None = None) -> list[str]:

@@ -1,9 +1,9 @@
 """Several public data sets under one data root: parsing, listing, preparing, describing.
 
-A set entry of :class:`training.config.DataConfig` (``train_sets`` / ``validation_sets``) is
-``"KIND:PATH[:TRANSFORM]"``: a source kind of :data:`training.config.DATA_KINDS` (not
+A set entry of :class:`covidct.training.config.DataConfig` (``train_sets`` / ``validation_sets``) is
+``"KIND:PATH[:TRANSFORM]"``: a source kind of :data:`covidct.training.config.DATA_KINDS` (not
 ``sets``/``phantom``), its folder relative to the data root, and for image kinds how the
-stored images turn into the patient frame (:data:`training.image_sources.TRANSFORMS`).
+stored images turn into the patient frame (:data:`covidct.training.image_sources.TRANSFORMS`).
 
 :func:`prepare_set` loads and prepares every case of a set; images whose gray-to-HU map
 cannot be estimated are skipped and listed with the reason (nothing is dropped silently);
@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from covidct.errors import ConfigError, DatasetError, GrayMapError
-from preprocessing.config import PipelineConfig
-from training.datasets import PreparedPatient, prepare_patient
-from training.patients import UNLABELLED, PatientCase
+from covidct.preprocessing.config import PipelineConfig
+from covidct.training.datasets import PreparedPatient, prepare_patient
+from covidct.training.patients import UNLABELLED, PatientCase
 
 #: Origin and licence of the public sets, by folder name (the ``SOURCE.md`` of each).
 KNOWN_SETS: dict[str, dict[str, str]] = {
@@ -81,7 +81,8 @@ class SetSpec:
 
 
 def spec_of(data: Any) -> SetSpec:
-    """The one set a :class:`training.config.DataConfig` of an image kind describes (``path``, ``transform``)."""
+    """The one set a :class:`covidct.training.config.DataConfig` of an image kind describes
+    (``path``, ``transform``)."""
     if data.path is None:
         raise ConfigError(f"data kind {data.kind!r} needs a data path (--data-path)")
     return SetSpec(data.kind, Path(data.path), data.transform, Path(data.path).name)
@@ -89,8 +90,8 @@ def spec_of(data: Any) -> SetSpec:
 
 def parse_set(entry: str, root: str | Path) -> SetSpec:
     """``"KIND:PATH[:TRANSFORM]"`` relative to ``root`` -> :class:`SetSpec` (ConfigError if malformed)."""
-    from training.config import DATA_KINDS
-    from training.image_sources import TRANSFORMS
+    from covidct.training.config import DATA_KINDS
+    from covidct.training.image_sources import TRANSFORMS
 
     parts = entry.split(":")
     if len(parts) not in (2, 3) or not all(parts):
@@ -106,7 +107,7 @@ def parse_set(entry: str, root: str | Path) -> SetSpec:
 
 def set_cases(spec: SetSpec, label_rule: str = "covid-vs-rest") -> list[PatientCase]:
     """The cases of one set (listing only; images are read when prepared)."""
-    from training import file_sources, image_sources
+    from covidct.training import file_sources, image_sources
 
     listers = {
         "mosmed-slices": image_sources.mosmed_slices_cases,
@@ -140,10 +141,10 @@ def prepare_set(spec: SetSpec, pipeline: PipelineConfig, task: str, *, slices: s
     """Load and prepare every case of ``spec`` (or the given ``cases`` of it); :class:`GrayMapError`
     cases are skipped and listed."""
     cases = list(set_cases(spec, label_rule) if cases is None else cases)
-    from tqdm import tqdm
+    from covidct.progress import progress as progress_bar
 
     prepared, skipped = [], []
-    for case in tqdm(cases, desc=f"prepare {spec.name}", unit="case", leave=False, disable=not progress):
+    for case in progress_bar(cases, desc=f"prepare {spec.name}", unit="case", leave=False, disable=not progress):
         try:
             data = case.load()
         except GrayMapError as exc:

@@ -1,5 +1,5 @@
-"""The training loop: seeded shuffling and augmentation, Adam/Nadam, tqdm progress,
-per-epoch validation and checkpoints (the layout of :mod:`training.checkpoint`).
+"""The training loop: seeded shuffling and augmentation, Adam/Nadam, progress (a bar on a terminal),
+per-epoch validation and checkpoints (the layout of :mod:`covidct.training.checkpoint`).
 
 Batches are ``[B, C, S, S]`` float32 (NCHW) taken from a :class:`SliceDataset`; the
 loss receives logits. One generator seeded from ``TrainConfig.seed`` drives the
@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from covidct.errors import ConfigError
-from preprocessing.config import PipelineConfig
-from training.augment import augment_batch
-from training.checkpoint import save_checkpoint
-from training.config import TrainConfig
-from training.datasets import SliceDataset
-from training.losses import make_loss
-from training.metrics import roc_auc, segmentation_metrics
-from training.predict import predict_probabilities
+from covidct.progress import progress as progress_bar
+from covidct.preprocessing.config import PipelineConfig
+from covidct.training.augment import augment_batch
+from covidct.training.checkpoint import save_checkpoint
+from covidct.training.config import TrainConfig
+from covidct.training.datasets import SliceDataset
+from covidct.training.losses import make_loss
+from covidct.training.metrics import roc_auc, segmentation_metrics
+from covidct.training.predict import predict_probabilities
 
 HISTORY_FILENAME = "history.json"
 
@@ -128,7 +128,8 @@ def train_model(
         model.train()
         order = torch.randperm(n, generator=generator)
         starts = [s for s in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - s) > 1]
-        bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not progress)
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        bar = progress_bar(starts, desc=desc, unit="batch", leave=False, disable=not progress)
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for start in bar:
             idx = order[start : start + cfg.batch_size]
@@ -159,7 +160,7 @@ def train_model(
             row.update(validate(model, val_data, loss_fn, max(cfg.batch_size, 32), device))
         history.append(row)
         if progress:
-            tqdm.write(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         if out_dir is not None:
             write_checkpoint(out_dir, model, pipeline, cfg, history, optimizer)
     model.eval()

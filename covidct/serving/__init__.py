@@ -10,20 +10,20 @@ from pathlib import Path
 
 def source_repository() -> Path:
     """The source model repository shipped with the bundle (``config.pbtxt`` per model and
-    the ensemble, no weights); ``python -m export`` fills a copy of it with the networks.
+    the ensemble, no weights); ``python -m covidct.export`` fills a copy of it with the networks.
 
-    Installed as the data package ``model_repository`` (package data of this project), so
+    Installed as the data package ``covidct.model_repository`` (package data of this project), so
     it is found the same way in a checkout and in a ``pip install``.
     """
     from importlib.util import find_spec
 
     from covidct.errors import ExportError
 
-    spec = find_spec("model_repository")
+    spec = find_spec("covidct.model_repository")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
         raise ExportError(
-            "the source model repository (data package 'model_repository') is not installed; "
+            "the source model repository (data package 'covidct.model_repository') is not installed; "
             "reinstall the bundle (pip install .) or pass the source folder explicitly"
         )
     return Path(locations[0])

@@ -17,8 +17,8 @@ import torch
 
 from covidct.errors import TensorInputError
 from covidct.serving.tensors import HU_VOLUME, SLICE_POSITIONS_MM, SPACING_MM
-from preprocessing.config import ReaderConfig
-from preprocessing.devices import ArrayLike, as_tensor, dtype_name, torch_dtype
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, dtype_name, torch_dtype
 
 #: Smallest in-plane size (pixels) of a slice that the pipeline accepts.
 MIN_SLICE_SIZE = 32

@@ -218,8 +218,8 @@ class TorchHalfRunner:
     ) -> "TorchHalfRunner":
         """Load ``weights.pt`` + ``model_config.json`` + ``pipeline_config.json`` of a
         version folder (a checkpoint layout) and wrap the network in its probability head."""
-        from training.heads import probability_model
-        from training.checkpoint import load_checkpoint
+        from covidct.training.heads import probability_model
+        from covidct.training.checkpoint import load_checkpoint
 
         network, model_config, _ = load_checkpoint(version_dir)
         return cls(probability_model(network, model_config), settings, device, dtype)

@@ -50,7 +50,7 @@ def string_parameter(config: Mapping[str, Any], key: str, default: str = "") -> 
 
 
 def parse_model_versions(text: str) -> tuple[str, ...]:
-    """The vote model's ``model_versions`` parameter (written by ``export.repository``).
+    """The vote model's ``model_versions`` parameter (written by ``covidct.export.repository``).
 
     Accepts a JSON list or entries separated by commas, semicolons or whitespace, e.g.
     ``"classifier=cnn6:1:sha256:0123abcd4567,segmenter=unet:1:sha256:89ab..."``.
@@ -180,7 +180,7 @@ class StepModel:
         if dtype != np.object_ and type(value).__module__.startswith("torch"):
             import torch
 
-            from preprocessing.devices import torch_dtype
+            from covidct.preprocessing.devices import torch_dtype
 
             tensor = value.to(torch_dtype(dtype)).contiguous()
             if fixed:
@@ -220,8 +220,8 @@ def build_step(args: Mapping[str, str]) -> tuple[Step, dict[str, Any], bool]:
     ``ConfigError``.
     """
     from covidct.serving import steps
-    from preprocessing.config import PipelineConfig
-    from preprocessing.devices import instance_device, set_intra_op_threads
+    from covidct.preprocessing.config import PipelineConfig
+    from covidct.preprocessing.devices import instance_device, set_intra_op_threads
 
     config = model_config(args)
     name = step_name(config)

@@ -2,19 +2,19 @@
 
 Each step takes and returns arrays under the tensor names of :mod:`covidct.serving.tensors`:
 numpy arrays, or torch tensors on the model instance's device. The per-slice numerics are
-torch operations (:mod:`preprocessing.devices`), so one implementation runs on CPU tensors
+torch operations (:mod:`covidct.preprocessing.devices`), so one implementation runs on CPU tensors
 (``KIND_CPU`` instances) and CUDA tensors (``KIND_GPU`` instances, which receive and return
 the large tensors by DLPack, so they stay on the GPU between steps); numpy in gives numpy
 out. The component analyses of the 3-D mask run on a host copy of its reduced grid
-(:mod:`preprocessing.lung_segmentation` says why).
+(:mod:`covidct.preprocessing.lung_segmentation` says why).
 
 * :func:`preprocess_step`: ``HU_VOLUME`` int16 ``[N, H, W]`` + ``SPACING_MM`` +
   ``SLICE_POSITIONS_MM`` -> the 3-D lung mask of the whole series
-  (:func:`preprocessing.lung_segmentation.segment_lungs`, reduced in-plane grid), the
-  plausibility assessment (:func:`preprocessing.assessment.assess`, gaps between the
+  (:func:`covidct.preprocessing.lung_segmentation.segment_lungs`, reduced in-plane grid), the
+  plausibility assessment (:func:`covidct.preprocessing.assessment.assess`, gaps between the
   positions included), the lung selection (slices the classifier
-  sees, :mod:`preprocessing.slice_selection`) and the network inputs
-  (:mod:`preprocessing.model_inputs`): ``CLASSIFIER_INPUT`` of the selected slices,
+  sees, :mod:`covidct.preprocessing.slice_selection`) and the network inputs
+  (:mod:`covidct.preprocessing.model_inputs`): ``CLASSIFIER_INPUT`` of the selected slices,
   ``SEGMENTER_INPUT`` of every lung-bearing slice. The full-resolution volume enters here
   and goes no further.
 * :func:`vote_step`: classifier ``PROBABILITY`` ``[K, 1]``, segmenter
@@ -45,17 +45,17 @@ from covidct.serving.request_validation import (
     validate_slice_counts,
     validate_spacing,
 )
-from preprocessing.assessment import Assessment, Reason, assess
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from preprocessing.devices import ArrayLike, as_tensor, like, to_numpy
-from preprocessing.hu_window import window_normalize
-from preprocessing.lung_masks import lung_and_infection_masks
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
-from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
-from preprocessing.slice_resize import resize_nearest
-from preprocessing.slice_selection import select_by_lung_area, select_open_lung_slices
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.assessment import Assessment, Reason, assess
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.preprocessing.devices import ArrayLike, as_tensor, like, to_numpy
+from covidct.preprocessing.hu_window import window_normalize
+from covidct.preprocessing.lung_masks import lung_and_infection_masks
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.model_inputs import classifier_inputs, needs_masks, segmenter_inputs
+from covidct.preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
+from covidct.preprocessing.slice_resize import resize_nearest
+from covidct.preprocessing.slice_selection import select_by_lung_area, select_open_lung_slices
+from covidct.preprocessing.volume import CTVolume
 
 #: Slices turned into network inputs together (intermediates stay in cache).
 PREPROCESS_CHUNK_SLICES = 8

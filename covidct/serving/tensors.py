@@ -61,7 +61,7 @@ LUNG_VOLUME_ML = "LUNG_VOLUME_ML"
 MODEL_VERSIONS = "MODEL_VERSIONS"
 """BYTES ``[M]``: ``"classifier=cnn6:1:sha256:..."`` per served network."""
 MODEL_CARD = "MODEL_CARD"
-"""BYTES ``[1]``: JSON ``{"classifier": card, "segmenter": card}`` (see training.model_card)."""
+"""BYTES ``[1]``: JSON ``{"classifier": card, "segmenter": card}`` (see covidct.training.model_card)."""
 
 ENSEMBLE_INPUTS = (HU_VOLUME, SPACING_MM, SLICE_POSITIONS_MM)
 ENSEMBLE_OUTPUTS = (

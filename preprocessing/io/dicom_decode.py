@@ -3,7 +3,7 @@
 Any transfer syntax pydicom 3 can decode with the installed plugins works: uncompressed,
 RLE Lossless, JPEG Lossless, JPEG-LS, JPEG 2000, HTJ2K. Which plugin decodes is a
 choice (``decoder``: ``"auto"``, ``"nvimgcodec"``, ``"gdcm"`` or ``"pylibjpeg"``, see
-:mod:`preprocessing.io.pixel_decoders`), resolved once per series in the calling process
+:mod:`covidct.preprocessing.io.pixel_decoders`), resolved once per series in the calling process
 and applied to every slice, in the workers too; :func:`decode_series_recorded` also
 returns the decoder that produced each slice.
 HU = stored * RescaleSlope + RescaleIntercept (per slice; per frame for multi-frame
@@ -48,17 +48,18 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from covidct.errors import ConfigError, PixelDecodeError, ResourceLimitError, dicom_tag
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_scan import PIXEL_DATA_TAG, SliceHeader, quiet_pydicom
-from preprocessing.io.limits import read_zip_member
-from preprocessing.io.pixel_decoders import (
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_header import quiet_pydicom
+from covidct.preprocessing.io.dicom_scan import PIXEL_DATA_TAG, SliceHeader
+from covidct.preprocessing.io.limits import read_zip_member
+from covidct.preprocessing.io.pixel_decoders import (
     AUTO,
     decode_pixels,
     needs_fresh_workers,
     prepare_process,
     resolve_decoder_order,
 )
-from preprocessing.io.reader_checks import clip_to_int16
+from covidct.preprocessing.io.reader_checks import clip_to_int16
 
 _T = TypeVar("_T")
 #: Below this many slices per worker, the pool's start-up costs more than it saves.
@@ -205,7 +206,7 @@ def _pool_context(fresh: bool = False) -> multiprocessing.context.BaseContext:
 
 def decode_chunk_recorded(tasks: Sequence[DecodeTask], order: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Decode consecutive slices in this process with the decoders of ``order`` (from
-    :func:`~preprocessing.io.pixel_decoders.resolve_decoder_order`): HU int16
+    :func:`~covidct.preprocessing.io.pixel_decoders.resolve_decoder_order`): HU int16
     ``[len(tasks), H, W]`` and the decoder of each slice. Each file is read once."""
     prepare_process(order)
     out = np.empty((len(tasks), tasks[0].rows, tasks[0].columns), dtype=np.int16)

@@ -22,13 +22,13 @@ Value Transformation item, the top-level Rescale Intercept/Slope apply, and with
 the CT default: slope 1, intercept 0 (stored values are HU); where some frame has one,
 every frame needs one. A value that is absent or
 not numeric is ``None``, as on single-frame files, so that the series checks of
-:mod:`preprocessing.io.dicom_series` raise the same errors for frame ``k`` of a file
+:mod:`covidct.preprocessing.io.dicom_series` raise the same errors for frame ``k`` of a file
 (messages name ``file (frame k)`` and the tag). A frame table that cannot describe the
 frames (Number of Frames missing, one item per frame missing) skips the file
 (:class:`FrameTableError`).
 
 The value readers at the end are shared with the single-frame scan
-(:mod:`preprocessing.io.dicom_scan`): ``None`` for an absent or non-numeric value.
+(:mod:`covidct.preprocessing.io.dicom_scan`): ``None`` for an absent or non-numeric value.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from covidct.errors import dicom_tag
-from preprocessing.io.input_files import TOO_LARGE, UNSUPPORTED
+from covidct.preprocessing.io.input_files import TOO_LARGE, UNSUPPORTED
 
 NUMBER_OF_FRAMES = dicom_tag(0x0028, 0x0008)
 PER_FRAME_GROUPS = dicom_tag(0x5200, 0x9230)
@@ -53,7 +53,7 @@ _RESCALE = "PixelValueTransformationSequence"
 class FrameTableError(Exception):
     """The frame table of a multi-frame file cannot describe its frames. Never leaves the
     header scan: the file is skipped with ``reason`` (naming the tags) and ``kind``
-    (:data:`~preprocessing.io.input_files.UNSUPPORTED` or ``TOO_LARGE``)."""
+    (:data:`~covidct.preprocessing.io.input_files.UNSUPPORTED` or ``TOO_LARGE``)."""
 
     def __init__(self, reason: str, kind: str) -> None:
         super().__init__(reason)

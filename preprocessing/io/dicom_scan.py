@@ -1,44 +1,36 @@
-"""Read the headers of a DICOM folder's or zip's files (no pixel data) and classify them.
+"""Files of a DICOM folder or zip -> CT slice headers (:class:`SliceHeader`) or skipped files, no pixel data.
 
-The files come from :mod:`preprocessing.io.input_files` (listing, special files, zip
-limits; its names are re-exported here). Every file is read up to its Pixel Data and
-classified: slice candidates (:class:`SliceHeader`) or a skipped file
-(:class:`SkippedFile`, with its reason and, where the header was read, its series). A
+The files come from :mod:`covidct.preprocessing.io.input_files` (listing, special files, zip
+limits; its names are re-exported here). Every file's header is read up to its Pixel Data,
+within bounds (:mod:`covidct.preprocessing.io.dicom_header`), and classified: slice
+candidates (:class:`SliceHeader`) or a skipped file (:class:`SkippedFile`, with its reason
+and, where the header was read, its series, named by :func:`series_label`). A
 single-frame CT Image Storage file gives one slice; an Enhanced or Legacy Converted
 Enhanced CT file gives one slice per frame (``SliceHeader.frame``, values from its
-functional groups: :mod:`preprocessing.io.dicom_multiframe`). A DICOMDIR (the index of a
+functional groups: :mod:`covidct.preprocessing.io.dicom_multiframe`). A DICOMDIR (the index of a
 CD/PACS export) is skipped as such, not as a bad file. Zip members are read in memory;
-nothing is extracted. A header parse stops after :data:`MAX_HEADER_ELEMENTS` top-level
-elements or at an element longer than its file (a functional-group sequence of thousands
-of frames is one top-level element), data without the 'DICM' prefix is parsed only when
-it starts like a data set, and the Deflated transfer syntax (inflated whole, without a
-bound) is skipped.
+nothing is extracted. The Deflated transfer syntax (inflated whole, without a bound) is
+skipped.
 
 Grouping, the choice of one series and the geometry checks live in
-:mod:`preprocessing.io.dicom_series`; :func:`describe_series_choice` words that choice
-(Series Number, Series Description, slice count and thickness in mm, the rule).
+:mod:`covidct.preprocessing.io.dicom_series`; :mod:`covidct.preprocessing.io.dicom_series_text`
+words that choice (Series Number, Series Description, slice count and thickness in mm, the rule).
 """
 
 from __future__ import annotations
 
-import statistics
-import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import BinaryIO
 
 import pydicom
-import pydicom.config
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from covidct.errors import dicom_tag
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_identity import Identity, identity_of
-from preprocessing.io.dicom_multiframe import (
+from covidct.preprocessing.io.dicom_header import quiet_pydicom, read_header
+from covidct.preprocessing.io.dicom_identity import Identity, identity_of
+from covidct.preprocessing.io.dicom_multiframe import (
     FrameTableError,
     frame_values,
     header_float,
@@ -46,7 +38,7 @@ from preprocessing.io.dicom_multiframe import (
     header_int,
     header_list,
 )
-from preprocessing.io.input_files import (  # noqa: F401 - re-exported for dicom_series and callers
+from covidct.preprocessing.io.input_files import (  # noqa: F401 - re-exported for dicom_series and callers
     DIRECTORY,
     LOCALIZER,
     MODALITY,
@@ -66,30 +58,17 @@ from preprocessing.io.input_files import (  # noqa: F401 - re-exported for dicom
     skip_file,
     special_file_kind,
 )
-from preprocessing.volume import make_series_key
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.volume import make_series_key
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 LOCALIZER_IMAGE_TYPES = ("LOCALIZER", "SCOUT")
 PIXEL_DATA_TAG = dicom_tag(0x7FE0, 0x0010)
-_PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"
-_PIXEL_DATA_BE = b"\x7f\xe0\x00\x10"
-#: Pixel Data, Float and Double Float Pixel Data: the header scan stops before them.
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-#: Top-level data elements read before the header scan gives up (real CT: a few hundred).
-MAX_HEADER_ELEMENTS = 10_000
-#: Groups a DICOM data set without the 'DICM' preamble may start with (file meta, identifying).
-_RAW_FIRST_GROUPS = (0x0002, 0x0008)
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Bytes searched for the Deflated transfer syntax UID in the file meta group.
 _META_SEARCH_BYTES = 4096
 #: |z component| of the slice normal above which a slice counts as axial (45 degrees).
 AXIAL_MIN_NORMAL_Z = 0.7071
-#: How the series rules of ``ReaderConfig.series_rule`` rank candidate series.
-SERIES_RULE_TEXTS = {
-    "most_slices": "the most slices, then the thinnest slice thickness",
-    "thinnest": "the smallest slice spacing, then the most slices",
-}
 
 
 @dataclass(frozen=True)
@@ -165,93 +144,11 @@ def classify_file(
             UNSUPPORTED,
         )
     fp.seek(0)
-    ds, has_pixels, problem = _read_header(fp, size)
+    ds, has_pixels, problem = read_header(fp, size)
     if ds is None:
         return SkippedFile(ref.name, problem, NOT_DICOM)
     with quiet_pydicom():  # values are validated lazily, on access
         return _classify_dataset(ref, ds, has_pixels, config)
-
-
-@contextmanager
-def quiet_pydicom() -> Iterator[None]:
-    """Read without pydicom's value-validation warnings and log records (scanners write
-    non-conformant values, e.g. UUIDs as UIDs; they do not matter here)."""
-    with warnings.catch_warnings(), pydicom.config.disable_value_validation():
-        warnings.simplefilter("ignore")
-        yield
-
-
-class _HeaderLimitError(Exception):
-    """A header parse stopped by :func:`_header_guard`."""
-
-
-def _header_guard(size: int | None) -> Callable[[int, str | None, int], bool]:
-    """pydicom ``stop_when`` callback: stop at Pixel Data; raise after
-    :data:`MAX_HEADER_ELEMENTS` elements or at an element longer than the file."""
-    count = 0
-
-    def stop(tag: int, vr: str | None, length: int) -> bool:
-        nonlocal count
-        if tag in _PIXEL_TAGS:
-            return True
-        count += 1
-        if count > MAX_HEADER_ELEMENTS:
-            raise _HeaderLimitError(f"more than {MAX_HEADER_ELEMENTS} data elements before Pixel Data")
-        if size is not None and length != _UNDEFINED_LENGTH and length > size:
-            raise _HeaderLimitError(
-                f"data element {dicom_tag(tag >> 16, tag & 0xFFFF)} declares {length} bytes; the file has {size}"
-            )
-        return False
-
-    return stop
-
-
-def _starts_like_a_data_set(head: bytes) -> bool:
-    """Whether bytes 0-1 hold the group of a data set's first element (either byte order)."""
-    return len(head) >= 2 and any(
-        int.from_bytes(head[:2], order) in _RAW_FIRST_GROUPS for order in ("little", "big")
-    )
-
-
-def _read_header(fp: BinaryIO, size: int | None = None) -> tuple[pydicom.Dataset | None, bool, str]:
-    """(dataset, pixel data follows, problem); the dataset is ``None`` for non-DICOM."""
-    head = fp.read(4)
-    if not head:
-        return None, False, "empty file (0 bytes); expected a DICOM file"
-    with quiet_pydicom():
-        try:
-            fp.seek(0)
-            ds = read_partial(fp, stop_when=_header_guard(size))
-        except InvalidDicomError:
-            if not _starts_like_a_data_set(head):
-                return None, False, (
-                    "not DICOM: no 'DICM' prefix at byte 128 and no data element of group 0002/0008 "
-                    f"(SOP Class UID {dicom_tag(0x0008, 0x0016)}) at byte 0; expected a DICOM file"
-                )
-            try:  # DICOM without the 128-byte preamble and 'DICM' prefix
-                fp.seek(0)
-                ds = read_partial(fp, stop_when=_header_guard(size), force=True)
-            except Exception as exc:  # noqa: BLE001 - anything unparsable is "not DICOM"
-                return None, False, (
-                    f"not DICOM: no 'DICM' prefix and unparsable ({exc}); expected a DICOM file"
-                )
-            if "SOPClassUID" not in ds:
-                return None, False, (
-                    "not DICOM: no 'DICM' prefix at byte 128 and no SOP Class UID "
-                    f"{dicom_tag(0x0008, 0x0016)}; expected a DICOM file"
-                )
-        except Exception as exc:  # noqa: BLE001 - truncated/garbled header
-            return None, False, (
-                f"not DICOM: unreadable header ({type(exc).__name__}: {exc}); "
-                "expected a DICOM file"
-            )
-    return ds, _pixel_data_follows(fp, ds), ""
-
-
-def _pixel_data_follows(fp: BinaryIO, ds: pydicom.Dataset) -> bool:
-    """Whether (7FE0,0010) comes next: stop_before_pixels leaves the file just before it."""
-    tag = fp.read(4)
-    return tag == (_PIXEL_DATA_LE if ds.original_encoding[1] in (True, None) else _PIXEL_DATA_BE)
 
 
 def _classify_dataset(
@@ -351,7 +248,7 @@ def _normal_z(orientation: tuple[float, ...]) -> float:
     return orientation[0] * orientation[4] - orientation[1] * orientation[3]
 
 
-# -------------------------------------------------------------- the series choice, in words
+# -------------------------------------------------------------- naming a series
 def series_label(number: int | None, description: str, key: str = "") -> str:
     """A readable, non-identifying name of a series: Series Number (0020,0011), Series
     Description (0008,103E) and the one-way ``key``, e.g. ``series 3 'Thorax 1.0' [1f...]``."""
@@ -368,54 +265,3 @@ def series_label_of(ds: pydicom.Dataset) -> str:
         str(ds.get("SeriesDescription", "") or "").strip(),
         make_series_key(uid) if uid else "",
     )
-
-
-def describe_series_choice(
-    groups: Mapping[str, Sequence[SliceHeader]],
-    chosen: str,
-    skipped: Sequence[SkippedFile],
-    rule: str,
-    key: Callable[[str, list[SliceHeader]], str],
-) -> tuple[str, tuple[str, ...]]:
-    """``(chosen, left out)``: which candidate series (``groups``, by Series Instance UID)
-    the series ``rule`` chose, and one text per series left out: the other candidates and
-    the series whose files the scan skipped (scouts, reformats, reports). Each names Series
-    Number, Series Description, slice count, slice thickness (mm) and the one-way ``key``
-    (``key(uid, members)``); none names the patient."""
-    labels = {uid: _group_label(members, key(uid, list(members))) for uid, members in groups.items()}
-    others = len(groups) - 1
-    chosen_text = (
-        f"{_group_summary(labels[chosen], groups[chosen])}; chosen by ReaderConfig.series_rule {rule!r} "
-        f"({SERIES_RULE_TEXTS.get(rule, rule)}) from {len(groups)} candidate axial CT series"
-        if others else
-        f"{_group_summary(labels[chosen], groups[chosen])}; the only axial CT series "
-        f"(ReaderConfig.series_rule {rule!r} had no choice to make)"
-    )
-    left_out = [
-        f"{_group_summary(labels[uid], members)}; left out: rule {rule!r} chose {labels[chosen]}"
-        for uid, members in groups.items()
-        if uid != chosen
-    ]
-    by_series: dict[str, list[SkippedFile]] = {}
-    for s in skipped:
-        if s.series and s.kind != OTHER_SERIES and s.series not in labels.values():
-            by_series.setdefault(s.series, []).append(s)
-    for label, files in by_series.items():
-        kinds = sorted({f.kind for f in files} - {files[0].kind})
-        more = f"; also {', '.join(kinds)}" if kinds else ""
-        left_out.append(f"{label}: {len(files)} file(s) left out by the scan: {files[0].reason}{more}")
-    return chosen_text, tuple(left_out)
-
-
-def _group_label(members: Sequence[SliceHeader], key: str) -> str:
-    number = next((h.series_number for h in members if h.series_number is not None), None)
-    description = next((h.series_description for h in members if h.series_description), "")
-    return series_label(number, description, key)
-
-
-def _group_summary(label: str, members: Sequence[SliceHeader]) -> str:
-    thickness = [h.slice_thickness for h in members if h.slice_thickness]
-    mm = f"{statistics.median(thickness):g} mm" if thickness else "unknown"
-    files = len({h.ref.name for h in members})
-    where = f" (frames of {files} multi-frame file{'s' if files > 1 else ''})" if any(h.frame for h in members) else ""
-    return f"{label}: {len(members)} slices{where}, slice thickness {mm}"

@@ -1,6 +1,6 @@
 """Group scanned DICOM slices into series, pick one, and validate its geometry.
 
-Works on headers only (:mod:`preprocessing.io.dicom_scan`), so every check (one patient
+Works on headers only (:mod:`covidct.preprocessing.io.dicom_scan`), so every check (one patient
 and study, slice count, matrix size and memory budget, rescale, geometry, spacing,
 positions) happens before a single pixel is decoded.
 
@@ -10,7 +10,7 @@ turned to point superior (so a feet-first series sorts like a head-first one); w
 slice lacks them, Slice Location (0020,1041) for the whole series. Never by file name.
 
 The in-plane layout comes from (0020,0037) too: every axis-aligned orientation (supine,
-prone, feet-first, decubitus) gets the :class:`~preprocessing.orientation.InPlaneTransform`
+prone, feet-first, decubitus) gets the :class:`~covidct.preprocessing.orientation.InPlaneTransform`
 that brings its stored pixels to the patient frame of every ``CTVolume`` (rows anterior ->
 posterior, columns patient right -> left); a series whose direction cosines lie more
 than ``ReaderConfig.max_oblique_deg`` off the patient axes (oblique, gantry tilt) raises
@@ -42,20 +42,26 @@ from covidct.errors import (
     UnsupportedFormatError,
     dicom_tag,
 )
-from preprocessing.io import dicom_scan as scan
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_identity import check_one_patient
-from preprocessing.io.dicom_scan import FileRef, SkippedFile, SliceHeader
-from preprocessing.io.limits import check_matrix, check_volume_bytes
-from preprocessing.io.reader_checks import check_pixel_spacing, check_rescale, check_slice_count, check_slice_spacing
-from preprocessing.orientation import (
+from covidct.preprocessing.io import dicom_scan as scan
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_identity import check_one_patient
+from covidct.preprocessing.io.dicom_scan import FileRef, SkippedFile, SliceHeader
+from covidct.preprocessing.io.dicom_series_text import describe_series_choice
+from covidct.preprocessing.io.limits import check_matrix, check_volume_bytes
+from covidct.preprocessing.io.reader_checks import (
+    check_pixel_spacing,
+    check_rescale,
+    check_slice_count,
+    check_slice_spacing,
+)
+from covidct.preprocessing.orientation import (
     IDENTITY,
     InPlaneTransform,
     obliquity_degrees,
     superior_normal,
     transform_from_orientation,
 )
-from preprocessing.volume import make_series_key
+from covidct.preprocessing.volume import make_series_key
 
 SERIES_RULES = ("most_slices", "thinnest")
 #: Two slices closer than this along the normal are at one position (mm).
@@ -151,7 +157,7 @@ def scan_dicom(source: Path, config: ReaderConfig = ReaderConfig()) -> ScanRepor
             )
             for name in dict.fromkeys(h.ref.name for h in members):  # a multi-frame file once
                 scan.skip_file(skipped, name, reason, scan.OTHER_SERIES)
-    chosen_series, left_out = scan.describe_series_choice(groups, uid, skipped, config.series_rule, _key)
+    chosen_series, left_out = describe_series_choice(groups, uid, skipped, config.series_rule, _key)
     ordered, positions, tag = _sorted_positions(groups[uid], config)
     spacing = _validate(ordered, positions, tag, config)
     orientation = _in_plane_transform(ordered, config)

@@ -6,7 +6,7 @@ symlinked folders are skipped, and a zip entry that would land outside the archi
 dangling links, FIFOs, sockets, devices and unreadable entries are skipped unopened with
 their reason, files are opened non-blocking and checked to be regular, and files over
 ``ReaderConfig.max_file_bytes`` are skipped unparsed. Zip archives are checked by
-:mod:`preprocessing.io.limits` before anything is inflated.
+:mod:`covidct.preprocessing.io.limits` before anything is inflated.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from covidct.errors import UnsafeArchivePathError
-from preprocessing.config import ReaderConfig
-from preprocessing.io.limits import check_file_count, checked_zip_entries, file_size_problem
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.limits import check_file_count, checked_zip_entries, file_size_problem
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def safe_member_name(archive: Path, member: str) -> str:
 
 def list_zip(archive: Path, config: ReaderConfig = ReaderConfig()) -> list[FileRef]:
     """All file entries of a zip archive (sorted), after checking every entry's path and
-    the size limits of :func:`~preprocessing.io.limits.checked_zip_entries`."""
+    the size limits of :func:`~covidct.preprocessing.io.limits.checked_zip_entries`."""
     infos = checked_zip_entries(archive, config)
     refs = [
         FileRef(safe_member_name(archive, info.filename), str(archive), info.filename)

@@ -1,4 +1,4 @@
-"""Size limits of :class:`~preprocessing.config.ReaderConfig`, checked before anything is
+"""Size limits of :class:`~covidct.preprocessing.reader_config.ReaderConfig`, checked before anything is
 allocated, parsed or inflated.
 
 - the decoded volume: ``N x H x W x 2`` bytes (int16) from the headers, and Rows/Columns
@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from covidct.errors import GeometryMismatchError, PixelDecodeError, ResourceLimitError, UnsupportedFormatError
-from preprocessing.config import ReaderConfig
+from covidct.preprocessing.reader_config import ReaderConfig
 
 #: Entries smaller than this (bytes) are not held to the compression ratio: they cannot
 #: inflate past it each, and their sum is held to the memory budget. A uniform 512 x 512

@@ -9,7 +9,7 @@ from the affine (voxel sizes along the reoriented axes); ``positions_mm`` are th
 centres projected onto the slice normal.
 
 Before nibabel parses anything, the file size and the raw header are checked: shape,
-data type and the memory budget (:mod:`preprocessing.io.limits`), the voxel size
+data type and the memory budget (:mod:`covidct.preprocessing.io.limits`), the voxel size
 ``pixdim[1:4]`` (finite, positive) and ``vox_offset`` (header extensions within
 ``max_file_bytes``). The affine's voxel sizes must be finite and positive, and the
 reoriented spacing within the config's ranges, before the voxel data is read.
@@ -39,10 +39,15 @@ from covidct.errors import (
     UnsupportedFormatError,
     VolumeError,
 )
-from preprocessing.config import ReaderConfig
-from preprocessing.io.limits import check_matrix, check_volume_bytes, mib
-from preprocessing.io.reader_checks import check_pixel_spacing, check_slice_count, check_slice_spacing, clip_to_int16
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.limits import check_matrix, check_volume_bytes, mib
+from covidct.preprocessing.io.reader_checks import (
+    check_pixel_spacing,
+    check_slice_count,
+    check_slice_spacing,
+    clip_to_int16,
+)
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Array axes (i, j, k) point to patient Left, Posterior, Superior after reorientation.

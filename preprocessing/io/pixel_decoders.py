@@ -47,8 +47,8 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
 from covidct.errors import ConfigError, PixelDecodeError
-from preprocessing.config import PIXEL_DECODERS
-from preprocessing.io.dicom_scan import PIXEL_DATA_TAG
+from covidct.preprocessing.reader_config import PIXEL_DECODERS
+from covidct.preprocessing.io.dicom_scan import PIXEL_DATA_TAG
 
 #: Values a ``decoder`` setting accepts; after ``"auto"``, the named decoders, most
 #: preferred first (the order of ``decoder="auto"``). Defined with ``ReaderConfig``.

@@ -14,7 +14,7 @@ from covidct.errors import (
     TooManySlicesError,
     dicom_tag,
 )
-from preprocessing.config import ReaderConfig
+from covidct.preprocessing.reader_config import ReaderConfig
 
 _INT16 = np.iinfo(np.int16)
 

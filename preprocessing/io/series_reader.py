@@ -1,22 +1,22 @@
-"""Read one patient series into a :class:`~preprocessing.volume.CTVolume`.
+"""Read one patient series into a :class:`~covidct.preprocessing.volume.CTVolume`.
 
 :func:`read_series` dispatches on the source:
 
 - DICOM folder (recursive), ``.zip`` of one, or a single DICOM file: headers are
-  scanned and validated first (:mod:`preprocessing.io.dicom_series`), then pixels decoded
-  in parallel (:mod:`preprocessing.io.dicom_decode`) and turned in-plane to the patient
-  frame (:mod:`preprocessing.orientation`; prone, feet-first and decubitus series).
+  scanned and validated first (:mod:`covidct.preprocessing.io.dicom_series`), then pixels decoded
+  in parallel (:mod:`covidct.preprocessing.io.dicom_decode`) and turned in-plane to the patient
+  frame (:mod:`covidct.preprocessing.orientation`; prone, feet-first and decubitus series).
   :func:`read_dicom_series` also returns the
-  :class:`~preprocessing.io.dicom_series.ScanReport` (skipped files, reasons).
-- ``.nii`` / ``.nii.gz``: :mod:`preprocessing.io.nifti_volume`.
-- folder of 16-bit ``.tif`` slices (COVID-CTset): :mod:`preprocessing.io.tiff_series`.
+  :class:`~covidct.preprocessing.io.dicom_series.ScanReport` (skipped files, reasons).
+- ``.nii`` / ``.nii.gz``: :mod:`covidct.preprocessing.io.nifti_volume`.
+- folder of 16-bit ``.tif`` slices (COVID-CTset): :mod:`covidct.preprocessing.io.tiff_series`.
 - ``np.ndarray`` ``[N, H, W]`` of HU with ``spacing_mm`` (z, y, x).
 
 The result is HU int16 ``[N, H, W]`` sorted by position ascending, spacing in mm, and
 no patient identifier (``series_key`` is a one-way hash). Every failure is a
-:class:`~covidct.errors.InputError`: size limits (:mod:`preprocessing.io.limits`) are
+:class:`~covidct.errors.InputError`: size limits (:mod:`covidct.preprocessing.io.limits`) are
 checked from headers before pixels are allocated, a DICOM input must hold one patient and
-one study (:mod:`preprocessing.io.dicom_identity`), and spacing must lie within
+one study (:mod:`covidct.preprocessing.io.dicom_identity`), and spacing must lie within
 ``ReaderConfig.pixel_spacing_mm`` / ``slice_spacing_mm``.
 """
 
@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import ConfigError, UnsupportedFormatError, VolumeError
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_decode import decode_series, resolve_workers, tasks_for_slices
-from preprocessing.io.dicom_series import ScanReport, scan_dicom
-from preprocessing.io.nifti_volume import NIFTI_SUFFIXES, read_nifti
-from preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
-from preprocessing.io.tiff_series import TIFF_SUFFIXES, read_tiff_folder, tiff_files
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_decode import decode_series, resolve_workers, tasks_for_slices
+from covidct.preprocessing.io.dicom_series import ScanReport, scan_dicom
+from covidct.preprocessing.io.nifti_volume import NIFTI_SUFFIXES, read_nifti
+from covidct.preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
+from covidct.preprocessing.io.tiff_series import TIFF_SUFFIXES, read_tiff_folder, tiff_files
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 #: Single files that are recognisably not a series this reader handles.
 UNSUPPORTED_SUFFIXES = (

@@ -1,4 +1,4 @@
-"""Write a :class:`~preprocessing.volume.CTVolume` as the input formats the bundle reads.
+"""Write a :class:`~covidct.preprocessing.volume.CTVolume` as the input formats the bundle reads.
 
 - :func:`write_dicom_series`: one CT Image Storage file per slice (pydicom), uncompressed
   (Explicit VR Little Endian) or RLE Lossless. Study, series and frame-of-reference UIDs
@@ -11,7 +11,7 @@
   SliceThickness ``sz``. Another Patient Position (0018,5100) (``"HFP"``, ``"FFS"``,
   ``"FFP"``, ``"HFDL"``, ``"HFDR"``, ``"FFDL"``, ``"FFDR"``) writes the same anatomy as
   that scanner stores it: the orientation of
-  :data:`~preprocessing.orientation.PATIENT_POSITION_ORIENTATIONS`, the pixels flipped or
+  :data:`~covidct.preprocessing.orientation.PATIENT_POSITION_ORIENTATIONS`, the pixels flipped or
   transposed accordingly (``orientation.to_source``) and each slice's Image Position the
   patient coordinate of its first stored pixel, so a reader that follows the header
   gets ``hu`` back.
@@ -47,8 +47,8 @@ from pydicom.uid import (
 )
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.orientation import source_orientation, transform_from_orientation
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.orientation import source_orientation, transform_from_orientation
+from covidct.preprocessing.volume import CTVolume
 
 NAME_ORDERS = ("reversed", "random", "anatomical")
 COMPRESSIONS = (None, "rle")

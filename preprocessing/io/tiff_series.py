@@ -21,10 +21,10 @@ import numpy as np
 import tifffile
 
 from covidct.errors import EmptySeriesError, GeometryMismatchError, InputError, PixelDecodeError, VolumeError
-from preprocessing.config import ReaderConfig
-from preprocessing.io.limits import check_file_size, check_matrix, check_volume_bytes
-from preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.limits import check_file_size, check_matrix, check_volume_bytes
+from covidct.preprocessing.io.reader_checks import check_slice_count, clip_to_int16, spacing_triplet
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_TIFF_INTERCEPT = -1024

@@ -1,4 +1,4 @@
-"""Small pure transforms of a :class:`~preprocessing.volume.CTVolume` that turn a valid
+"""Small pure transforms of a :class:`~covidct.preprocessing.volume.CTVolume` that turn a valid
 chest series into one a triage must refuse (cropped, turned, mis-calibrated, mis-scaled)
 or into a volume with no anatomy at all.
 
@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from covidct.errors import ConfigError
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 __all__ = ["all_air", "crop_slices", "drop_slices", "flip_anterior_posterior", "rotate_in_plane", "shift_hu",
            "uniform_noise", "with_spacing"]

@@ -2,15 +2,15 @@
 
 :func:`insert_lesions` takes a normal series (HU int16 ``[N, H, W]``, e.g. COVID-CT-MD
 ``normal002``), a lung mask (given, or computed with paper 000's threshold mask,
-:func:`preprocessing.lung_masks.lung_mask`), and renders bilateral, subpleural
-ground-glass / consolidation lesions with :mod:`preprocessing.synthetic.lesion_model`, blended
+:func:`covidct.preprocessing.lung_masks.lung_mask`), and renders bilateral, subpleural
+ground-glass / consolidation lesions with :mod:`covidct.preprocessing.synthetic.lesion_model`, blended
 with the real texture: ``lesion = target + texture + keep * (orig - lung median, clipped
 to +-100 HU) + N(0, noise_hu)``, mixed with the original by a weight from 0.8 at the
 border to 1 inside. Lesion sizes are given in mm and converted with the volume's
 spacing. Only lung voxels are written; every written voxel is in ``lesion_mask``, so
 voxels outside it keep their original HU exactly.
 
-The result is a :class:`~preprocessing.synthetic.phantom.Phantom` (same fields as the synthetic
+The result is a :class:`~covidct.preprocessing.synthetic.phantom.Phantom` (same fields as the synthetic
 phantom): the new volume (``source_format="array"``, same spacing and positions),
 the lung mask used, the exact lesion mask and per-slice labels.
 """
@@ -22,11 +22,11 @@ import dataclasses
 import numpy as np
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import MaskConfig
-from preprocessing.synthetic.lesion_model import LesionConfig, add_lesions
-from preprocessing.lung_masks import lung_mask as threshold_lung_mask
-from preprocessing.synthetic.phantom import Phantom, slice_labels_of
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.config import MaskConfig
+from covidct.preprocessing.synthetic.lesion_model import LesionConfig, add_lesions
+from covidct.preprocessing.lung_masks import lung_mask as threshold_lung_mask
+from covidct.preprocessing.synthetic.phantom import Phantom, slice_labels_of
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 #: Real series already carry scanner noise: lesions get this much fresh noise (HU).
 INSERTION_NOISE_HU = 12.0
@@ -70,7 +70,7 @@ def insert_lesions(
 
     Args:
         volume: a normal chest CT (HU int16 ``[N, H, W]``); not modified.
-        lung_mask: bool ``[N, H, W]``; computed with :func:`preprocessing.lung_masks.lung_mask`
+        lung_mask: bool ``[N, H, W]``; computed with :func:`covidct.preprocessing.lung_masks.lung_mask`
             and ``mask_config`` when omitted. Lesions are clipped to it.
         seed: the same seed (and inputs) gives identical output.
         n_lesions: inclusive (min, max) lesions (overrides ``config.n_lesions``).

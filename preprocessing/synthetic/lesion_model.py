@@ -1,7 +1,7 @@
 """Synthetic COVID-19-like lesions: placement in a lung mask and HU rendering.
 
-Shared by the synthetic phantom (:mod:`preprocessing.synthetic.phantom`) and by lesion insertion
-into real normal series (:mod:`preprocessing.synthetic.lesion_insertion`); both give the lesion
+Shared by the synthetic phantom (:mod:`covidct.preprocessing.synthetic.phantom`) and by lesion insertion
+into real normal series (:mod:`covidct.preprocessing.synthetic.lesion_insertion`); both give the lesion
 sizes in voxels, so this module knows nothing about mm or image size.
 
 A lesion is a 3-D ellipsoid (semi-axes in slices, rows, columns) whose surface is

@@ -1,7 +1,7 @@
 """Synthetic CT series of body regions that are not the chest: abdomen, head, thighs.
 
 A chest CT triage must refuse these (no lungs in the scan). Each generator draws one
-seeded patient and returns a :class:`~preprocessing.volume.CTVolume` (HU int16
+seeded patient and returns a :class:`~covidct.preprocessing.volume.CTVolume` (HU int16
 ``[N, H, W]``, slices ascending from inferior to superior, row 0 anterior, column 0 the
 patient's right, ``source_format="array"``, positions ``arange(N) * spacing_z`` mm).
 
@@ -35,9 +35,9 @@ import numpy as np
 from scipy import ndimage
 
 from covidct.errors import ConfigError
-from preprocessing.synthetic.phantom import MIN_SIZE, MIN_SLICES, add_noise
-from preprocessing.synthetic.phantom_anatomy import ellipse_mask
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.synthetic.phantom import MIN_SIZE, MIN_SLICES, add_noise
+from covidct.preprocessing.synthetic.phantom_anatomy import ellipse_mask
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 __all__ = ["NOISE_HU", "make_abdomen", "make_head", "make_thighs"]
 

@@ -1,7 +1,7 @@
 """Synthetic chest CT phantom with exact lung and lesion masks.
 
-:func:`make_phantom` draws one seeded patient (see :mod:`preprocessing.synthetic.phantom_anatomy`
-for the anatomy and :mod:`preprocessing.synthetic.lesion_model` for the lesions) and returns a
+:func:`make_phantom` draws one seeded patient (see :mod:`covidct.preprocessing.synthetic.phantom_anatomy`
+for the anatomy and :mod:`covidct.preprocessing.synthetic.lesion_model` for the lesions) and returns a
 :class:`Phantom`: the HU volume int16 ``[N, H, W]`` (slices ascending from the lung base
 to above the apex), the exact lung mask (lesions included, trachea and main bronchi
 excluded), the trachea and main bronchi (``airway_mask``), the exact lesion mask and
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.synthetic.lesion_model import LesionConfig, add_lesions
-from preprocessing.synthetic.phantom_anatomy import (
+from covidct.preprocessing.synthetic.lesion_model import LesionConfig, add_lesions
+from covidct.preprocessing.synthetic.phantom_anatomy import (
     PhantomConfig,
     draw_geometry,
     render_slice,
     torso_template,
 )
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 __all__ = ["FIELD_OF_VIEW_MM", "SCAN_EXTENT_MM", "LesionConfig", "Phantom", "PhantomConfig", "add_noise",
            "default_spacing_mm", "make_phantom", "slice_labels_of"]

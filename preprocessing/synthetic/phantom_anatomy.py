@@ -4,7 +4,7 @@ The anatomy is defined in normalised coordinates: in-plane positions and sizes a
 fractions of the slice size ``S`` (so a 64 or a 512 slice shows the same patient), and
 the cranio-caudal position is ``t = i / (N - 1)`` (slice ``i`` of ``N``; index 0 is the
 most inferior slice, as after sorting DICOM positions ascending). The volume's spacing
-sets the size in mm (see :mod:`preprocessing.synthetic.phantom` for the default adult
+sets the size in mm (see :mod:`covidct.preprocessing.synthetic.phantom` for the default adult
 geometry: 360 mm field of view, 310 mm scan). Display convention: row 0 is anterior, column 0 the patient's
 right.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preprocessing.synthetic.lesion_model import LesionConfig
+from covidct.preprocessing.synthetic.lesion_model import LesionConfig
 
 
 @dataclass(frozen=True)

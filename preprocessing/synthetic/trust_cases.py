@@ -1,9 +1,9 @@
 """Synthetic series that a chest CT triage must answer with "not assessable".
 
 :func:`trust_cases` builds them from one healthy chest phantom
-(:func:`preprocessing.synthetic.phantom.make_phantom`, default adult geometry), the
-non-chest generators (:mod:`preprocessing.synthetic.non_chest`) and the transforms of
-:mod:`preprocessing.synthetic.case_transforms`. Each :class:`TrustCase` names the
+(:func:`covidct.preprocessing.synthetic.phantom.make_phantom`, default adult geometry), the
+non-chest generators (:mod:`covidct.preprocessing.synthetic.non_chest`) and the transforms of
+:mod:`covidct.preprocessing.synthetic.case_transforms`. Each :class:`TrustCase` names the
 reasons of which at least one must appear in the refusal; the reason codes are
 ``REASON_CODES``:
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidct.errors import ConfigError
-from preprocessing.synthetic.case_transforms import (
+from covidct.preprocessing.synthetic.case_transforms import (
     all_air,
     crop_slices,
     flip_anterior_posterior,
@@ -47,9 +47,9 @@ from preprocessing.synthetic.case_transforms import (
     uniform_noise,
     with_spacing,
 )
-from preprocessing.synthetic.non_chest import make_abdomen, make_head, make_thighs
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.synthetic.non_chest import make_abdomen, make_head, make_thighs
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.volume import CTVolume
 
 __all__ = ["BASE_ONLY_FRACTIONS", "CLIPPED_LUNG_SLICES", "COVERAGE_ENDS", "INCOMPLETE_REMOVED_FRACTION",
            "NECK_ONLY_FRACTIONS", "REASON_CODES", "CoverageCrop", "TrustCase", "coverage_crops", "crop_cases",

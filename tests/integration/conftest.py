@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidct.triton_server import ServerConfig, TritonServer
-from preprocessing.config import PipelineConfig
+from covidct.app.triton_server import ServerConfig, TritonServer
+from covidct.preprocessing.config import PipelineConfig
 
 ENSEMBLE = "covid_ct_pipeline"
 STEP_MODELS = ("preprocess", "classifier", "segmenter", "vote")
@@ -27,7 +27,7 @@ def demo_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Classifier and segmenter checkpoints of the demo models (quick mode, seed 0)."""
     import torch
 
-    from training.demo_models import train_demo_models
+    from covidct.training.demo_models import train_demo_models
 
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
@@ -41,7 +41,7 @@ def demo_checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def model_repository(demo_checkpoints, tmp_path_factory) -> Path:
     """The deployable ``portable`` repository built by the exporter from the demo models."""
-    from export.repository import build_repository
+    from covidct.export.repository import build_repository
 
     out = tmp_path_factory.mktemp("served") / "model_repository"
     return Path(
@@ -116,8 +116,8 @@ def onnx_networks(model_repository) -> dict[str, OnnxNetwork]:
 @pytest.fixture(scope="session")
 def shipped_repository(tmp_path_factory) -> Path:
     """The ``portable`` repository the exporter builds from the shipped checkpoints (with parity checks)."""
-    from export.repository import build_repository
-    from training.shipped import shipped_checkpoint
+    from covidct.export.repository import build_repository
+    from covidct.training.shipped import shipped_checkpoint
 
     out = tmp_path_factory.mktemp("shipped") / "model_repository"
     return Path(build_repository(shipped_checkpoint("classifier"), shipped_checkpoint("segmenter"), out,

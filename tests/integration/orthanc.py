@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.orthanc import Orthanc, free_port, orthanc_missing_reason, start_orthanc  # noqa: F401 - re-exported
+from covidct.benchmarks.orthanc import Orthanc, free_port, orthanc_missing_reason, start_orthanc  # noqa: F401 - re-exported
 
 
 @pytest.fixture

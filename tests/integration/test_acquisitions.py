@@ -17,18 +17,18 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from client.batch import ExitCode
-from client.cli import main
-from client.report import validate_report
-from preprocessing.config import LungSegmentationConfig
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.orientation import PATIENT_POSITION_ORIENTATIONS
-from preprocessing.synthetic.case_transforms import drop_slices
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.synthetic.trust_cases import coverage_crops
-from preprocessing.volume import CTVolume
+from covidct.client.batch import ExitCode
+from covidct.client.cli import main
+from covidct.client.report import validate_report
+from covidct.preprocessing.config import LungSegmentationConfig
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.orientation import PATIENT_POSITION_ORIENTATIONS
+from covidct.preprocessing.synthetic.case_transforms import drop_slices
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.synthetic.trust_cases import coverage_crops
+from covidct.preprocessing.volume import CTVolume
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,16 @@ import re
 
 import pytest
 
-from benchmarks.common import is_png, parse_markdown_table
-from benchmarks.prom_metrics import read_triton_metric
+from covidct.benchmarks.common import is_png, parse_markdown_table
+from covidct.benchmarks.prom_metrics import read_triton_metric
 from covidct.errors import BenchmarkToolError
-from export.pbtxt import read_config
+from covidct.export.pbtxt import read_config
 
 pytestmark = pytest.mark.integration
 
 
 def test_paper_comparison_quick(triton_server, model_repository, tmp_path):
-    from benchmarks.paper_comparison import main
+    from covidct.benchmarks.paper_comparison import main
 
     out = tmp_path / "paper"
     assert main(["--model-repository", str(model_repository), "--url", triton_server.grpc_url,
@@ -48,7 +48,7 @@ def test_paper_comparison_quick(triton_server, model_repository, tmp_path):
 
 @pytest.mark.slow
 def test_perf_analyzer_sweep_reads_csv(triton_server, model_repository, tmp_path):
-    from benchmarks.perf_analyzer import main, perf_analyzer_binary
+    from covidct.benchmarks.perf_analyzer import main, perf_analyzer_binary
 
     try:
         perf_analyzer_binary()
@@ -71,7 +71,7 @@ def test_perf_analyzer_sweep_reads_csv(triton_server, model_repository, tmp_path
 
 
 def test_throughput_against_running_server(triton_server, model_repository, tmp_path):
-    from benchmarks.throughput import main
+    from covidct.benchmarks.throughput import main
 
     out = tmp_path / "tp"
     assert main(["--model-repository", str(model_repository), "--url", triton_server.grpc_url, "--out", str(out),
@@ -88,7 +88,7 @@ def test_throughput_against_running_server(triton_server, model_repository, tmp_
 
 @pytest.mark.slow
 def test_throughput_instance_sweep_starts_modified_copy(model_repository, tmp_path):
-    from benchmarks.throughput import main
+    from covidct.benchmarks.throughput import main
 
     out = tmp_path / "inst"
     assert main(["--model-repository", str(model_repository), "--out", str(out), "--quick",

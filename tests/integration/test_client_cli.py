@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.answer import DEMO_WARNING
-from client.batch import ExitCode
-from client.cli import main
-from client.report import validate_report
-from client.submit import submit
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.volume import CTVolume
+from covidct.client.answer import DEMO_WARNING
+from covidct.client.batch import ExitCode
+from covidct.client.cli import main
+from covidct.client.report import validate_report
+from covidct.client.submit import submit
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.volume import CTVolume
 
 pytestmark = pytest.mark.integration
 
@@ -208,7 +208,7 @@ def test_error_kinds_have_their_own_exit_codes(triton_server, tmp_path, capsys):
 
 @pytest.mark.real_data
 def test_real_jpeg_lossless_series_through_the_cli(triton_server, real_data_dir, capsys):
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     series = real_data_dir / "P002"
     code, document, _ = run_json(capsys, [str(series), "--url", triton_server.grpc_url])

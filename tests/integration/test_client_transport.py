@@ -15,13 +15,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from client.shared_memory import REGION_PREFIX
-from client.submit import PipelineClient, submit
-from client.transport import TransportConfig
+from covidct.client.shared_memory import REGION_PREFIX
+from covidct.client.submit import PipelineClient, submit
+from covidct.client.transport import TransportConfig
 from covidct.errors import DeadlineExceededError, InferenceFailedError
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.volume import CTVolume
 
 pytestmark = pytest.mark.integration
 

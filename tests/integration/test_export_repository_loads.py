@@ -12,12 +12,12 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from covidct.triton_server import ServerConfig, TritonServer
-from export.parity import onnxruntime_function
-from export.repository import build_repository
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.checkpoint import save_checkpoint
-from training.registry import create_model
+from covidct.app.triton_server import ServerConfig, TritonServer
+from covidct.export.parity import onnxruntime_function
+from covidct.export.repository import build_repository
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.checkpoint import save_checkpoint
+from covidct.training.registry import create_model
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_parity import parse_args, run
+from covidct.benchmarks.gpu_parity import parse_args, run
 from covidct.errors import ParityError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,7 +39,7 @@ def test_served_outputs_match_the_reference_on_the_cpu_path(quick_parity):
 def test_reference_with_perturbed_weights_fails_naming_the_tensor(quick_parity):
     import torch
 
-    from training.checkpoint import load_checkpoint, save_checkpoint
+    from covidct.training.checkpoint import load_checkpoint, save_checkpoint
 
     folder, _ = quick_parity
     network, _, pipeline = load_checkpoint(folder / "checkpoints" / "classifier")

@@ -19,9 +19,9 @@ from covidct.errors import ServerError
 from covidct.serving import source_repository
 from covidct.serving import tensors as T
 from covidct.serving.steps import slice_positions
-from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, GrpcTls, ServerConfig, TritonServer
-from preprocessing.config import PipelineConfig
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.app.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, GrpcTls, ServerConfig, TritonServer
+from covidct.preprocessing.config import PipelineConfig
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 pytestmark = pytest.mark.integration
 

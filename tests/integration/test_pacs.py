@@ -18,14 +18,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from client.cli import main
-from client.dicom_sr import report_values
-from client.listener import ListenerConfig, ListenerNode
-from client.pacs import StoreDestination
-from client.submit import submit
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.resize import resize_nearest
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.client.cli import main
+from covidct.client.dicom_sr import report_values
+from covidct.client.listener import ListenerConfig, ListenerNode
+from covidct.client.pacs import StoreDestination
+from covidct.client.submit import submit
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.resize import resize_nearest
+from covidct.preprocessing.synthetic.phantom import make_phantom
 from tests.integration.orthanc import free_port, orthanc  # noqa: F401 - the fixture
 
 

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client.submit import submit
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.client.submit import submit
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 from .conftest import ENSEMBLE, STEP_MODELS
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.submit import submit
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.client.submit import submit
+from covidct.preprocessing.synthetic.phantom import make_phantom
 from covidct.serving.steps import run_pipeline_reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

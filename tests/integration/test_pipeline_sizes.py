@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.submit import PipelineResult, submit
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.client.submit import PipelineResult, submit
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def test_slice_counts_complete(triton_server, num_slices, size):
 
 @pytest.mark.real_data
 def test_real_jpeg_lossless_series_completes(triton_server, real_data_dir):
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     volume = read_series(real_data_dir / "P002")
     assert volume.source_format == "dicom"

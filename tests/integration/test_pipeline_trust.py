@@ -13,12 +13,12 @@ import json
 import pytest
 import tritonclient.grpc as grpcclient
 
-from client.submit import build_inputs
+from covidct.client.submit import build_inputs
 from covidct.serving import tensors as T
-from preprocessing.synthetic.case_transforms import flip_anterior_posterior, rotate_in_plane
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.synthetic.trust_cases import crop_cases, trust_cases
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.synthetic.case_transforms import flip_anterior_posterior, rotate_in_plane
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.synthetic.trust_cases import crop_cases, trust_cases
+from covidct.preprocessing.volume import CTVolume
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_phantoms_are_assessed_with_whole_lung_figures(grpc_client, num_slices, 
 @pytest.mark.real_data
 @pytest.mark.parametrize("series", REAL_SERIES)
 def test_real_series_assessed_and_its_crops_and_turns_refused(grpc_client, real_data_dir, series):
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     volume = read_series(real_data_dir / series)
     whole = answer(grpc_client, volume)

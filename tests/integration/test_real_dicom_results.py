@@ -6,10 +6,10 @@ patient and study attributes absent or empty) is copied, given valid UIDs (Study
 Frame of Reference, one SOP Instance per file; pixels and every other attribute left as
 they are) and stripped of the Type 2 patient and study attributes the result objects
 copy. The answer is made on the workstation without a server: the lungs of
-:func:`preprocessing.lung_segmentation.segment_lungs` on its reduced grid, the dense part
+:func:`covidct.preprocessing.lung_segmentation.segment_lungs` on its reduced grid, the dense part
 of them as the infection mask, a ``partial_coverage`` warning. SEG + SR + one key image
 are built, written, checked with dciodvfy (no error), stored by STOW-RS
-(:mod:`client.pacs`) beside the source series, and read back: every SEG frame references
+(:mod:`covidct.client.pacs`) beside the source series, and read back: every SEG frame references
 a source instance of the series, the one at the frame's Image Position (Patient).
 
 Skipped with the reason when the series (``COVIDCT_DATA_DIR``), Orthanc or dciodvfy are absent.
@@ -26,16 +26,16 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from client.dicom_results import dicom_results_for, write_dicom_results
-from client.dicom_seg import TYPE2_PATIENT_STUDY, DicomOutputConfig
-from client.dicom_sr import report_values
-from client.pacs import StowDestination
-from client.result import Assessment, PipelineResult, Reason
-from preprocessing.io.series_reader import read_series
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.mask_grid import block_mean
-from preprocessing.resize import resize_nearest
-from preprocessing.volume import CTVolume
+from covidct.client.dicom_results import dicom_results_for, write_dicom_results
+from covidct.client.dicom_seg import TYPE2_PATIENT_STUDY, DicomOutputConfig
+from covidct.client.dicom_sr import report_values
+from covidct.client.pacs import StowDestination
+from covidct.client.result import Assessment, PipelineResult, Reason
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.mask_grid import block_mean
+from covidct.preprocessing.resize import resize_nearest
+from covidct.preprocessing.volume import CTVolume
 from tests.integration.orthanc import orthanc  # noqa: F401 - the fixture
 
 pytestmark = [

@@ -15,22 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from client.result import PipelineResult
-from client.submit import submit
-from client.transport import TransportConfig
-from covidct import health
-from covidct.cli import main
+from covidct.client.result import PipelineResult
+from covidct.client.submit import submit
+from covidct.client.transport import TransportConfig
+from covidct.app import health
+from covidct.app.cli import main
 from covidct.errors import ClientError
-from covidct.supervisor import (
-    SHM_DIR,
-    SupervisedServer,
-    SupervisorConfig,
-    client_region_pid,
-    registered_regions,
-    remove_stale_server_regions,
-)
-from covidct.triton_server import ServerConfig
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.app.shm_regions import SHM_DIR, client_region_pid, registered_regions, remove_stale_server_regions
+from covidct.app.supervisor import SupervisedServer, SupervisorConfig
+from covidct.app.triton_server import ServerConfig
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,9 +36,9 @@ TRANSPORT = TransportConfig(timeout_s=60.0, connect_timeout_s=5.0, retries=3, ba
 
 KILLED_CLIENT = """
 import sys
-from client.submit import PipelineClient
-from client.transport import TransportConfig
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.client.submit import PipelineClient
+from covidct.client.transport import TransportConfig
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 volume = make_phantom(60, size=96, seed=3).volume
 print("sending", flush=True)

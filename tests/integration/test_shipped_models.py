@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.cli import main
-from preprocessing.config import PipelineConfig
-from training.checkpoint import load_checkpoint
-from training.model_card import load_model_card
-from training.shipped import shipped_checkpoint
+from covidct.client.cli import main
+from covidct.preprocessing.config import PipelineConfig
+from covidct.training.checkpoint import load_checkpoint
+from covidct.training.model_card import load_model_card
+from covidct.training.shipped import shipped_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,7 +88,7 @@ def test_real_series_answered_by_the_shipped_networks_with_their_card(shipped_se
 
 
 def test_covidct_serve_exports_the_shipped_networks_once_per_pair_of_weights(tmp_path, capsys):
-    from covidct.cli import shipped_repository
+    from covidct.app.cli import shipped_repository
 
     repository = shipped_repository(tmp_path)
     assert "exporting the shipped networks" in capsys.readouterr().out

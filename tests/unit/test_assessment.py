@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.assessment import REASON_CODES, WARNING_CODES, Assessment, Reason, assess
-from preprocessing.config import PIPELINE_CONFIG_VERSION, AssessmentConfig, PipelineConfig
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.assessment import REASON_CODES, WARNING_CODES, Assessment, Reason, assess
+from covidct.preprocessing.config import PIPELINE_CONFIG_VERSION, AssessmentConfig, PipelineConfig
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 SERIES = ("P002", "cap002", "normal002")
 
@@ -79,7 +79,7 @@ def test_phantom_transforms_are_refused_with_the_reason(chest, case: str) -> Non
 
 
 def test_trust_cases_are_refused() -> None:
-    trust_cases = pytest.importorskip("preprocessing.synthetic.trust_cases").trust_cases
+    trust_cases = pytest.importorskip("covidct.preprocessing.synthetic.trust_cases").trust_cases
     for case in trust_cases():
         volume = case.volume
         result = _assess(volume.hu, volume.spacing_mm)
@@ -142,7 +142,7 @@ def test_version_2_pipeline_config_migrates_the_coverage_and_gap_settings() -> N
 
 @pytest.fixture(scope="module")
 def real_volumes(real_data_dir):  # type: ignore[no-untyped-def]
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     return {name: read_series(real_data_dir / name) for name in SERIES}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.common import (
+from covidct.benchmarks.common import (
     UNKNOWN,
     fit_latency,
     git_commit,
@@ -27,17 +27,17 @@ from benchmarks.common import (
     parse_markdown_table,
     triton_dir,
 )
-from benchmarks.memory import NO_GPU, MemorySampler, tree_rss_bytes
-from benchmarks.paper_comparison import PAPER_TABLE5_S, paper_seconds, parse_args
-from benchmarks.perf_analyzer import PERF_ANALYZER_ENV, parse_csv, perf_analyzer_binary, write_input_data
-from benchmarks.plots import plot_concurrency, plot_latency_fit, plot_paper_comparison
-from benchmarks.prom_metrics import BenchmarkMetrics, read_triton_metric
-from benchmarks.throughput import parse_args as throughput_args
-from benchmarks.throughput import repository_with_instances
+from covidct.benchmarks.memory import NO_GPU, MemorySampler, tree_rss_bytes
+from covidct.benchmarks.paper_comparison import PAPER_TABLE5_S, paper_seconds, parse_args
+from covidct.benchmarks.perf_analyzer import PERF_ANALYZER_ENV, parse_csv, perf_analyzer_binary, write_input_data
+from covidct.benchmarks.plots import plot_concurrency, plot_latency_fit, plot_paper_comparison
+from covidct.benchmarks.prom_metrics import BenchmarkMetrics, read_triton_metric
+from covidct.benchmarks.throughput import parse_args as throughput_args
+from covidct.benchmarks.throughput import repository_with_instances
 from covidct.errors import BenchmarkToolError, ConfigError
-from covidct.triton_server import TRITON_DIR_ENV
-from export.config import DEFAULT_SOURCE_REPOSITORY
-from export.pbtxt import read_config
+from covidct.app.triton_install import TRITON_DIR_ENV
+from covidct.export.config import DEFAULT_SOURCE_REPOSITORY
+from covidct.export.pbtxt import read_config
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # Absolute paths of a machine: results must name files relative to the repository.
@@ -164,8 +164,8 @@ def test_plots_are_png(tmp_path):
 def test_gpu_run_refuses_without_cuda(tmp_path):
     import torch
 
-    from benchmarks.gpu_run import parse_args as gpu_args
-    from benchmarks.gpu_run import run as gpu_run
+    from covidct.benchmarks.gpu_run import parse_args as gpu_args
+    from covidct.benchmarks.gpu_run import run as gpu_run
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the refusal path is not reachable")

@@ -1,4 +1,4 @@
-"""Bytes moved per request (benchmarks.bytes_moved) on phantom series against the source
+"""Bytes moved per request (covidct.benchmarks.bytes_moved) on phantom series against the source
 ensemble's real config.pbtxt: the step and client totals equal tensor sizes computed by
 hand from the shapes, the full-resolution volume crosses one step boundary, every
 ensemble step is reported, and a config naming a tensor the request lacks is refused."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bytes_moved import (
+from covidct.benchmarks.bytes_moved import (
     CLIENT,
     bytes_moved,
     bytes_table,
@@ -20,12 +20,12 @@ from benchmarks.bytes_moved import (
     step_bytes,
     tensor_nbytes,
 )
-from benchmarks.common import parse_markdown_table, phantom_volume
+from covidct.benchmarks.common import parse_markdown_table, phantom_volume
 from covidct.errors import ConfigError
 from covidct.serving import source_repository
 from covidct.serving import tensors as T
-from export.pbtxt import read_config, set_parameter, write_config
-from preprocessing.config import PipelineConfig
+from covidct.export.pbtxt import read_config, set_parameter, write_config
+from covidct.preprocessing.config import PipelineConfig
 
 ENSEMBLE_CONFIG = source_repository() / T.ENSEMBLE / "config.pbtxt"
 VERSIONS = ("classifier=cnn6:1:sha256:0123abcd4567", "segmenter=unet:1:sha256:89abcdef0123")

@@ -15,14 +15,14 @@ import jsonschema
 import numpy as np
 import pytest
 
-from client.answer import DEMO_WARNING, model_summary
-from client.batch import ExitCode, PatientOutcome, batch_exit_code, exit_code_of
-from client.cli import build_parser, collect_inputs, main
-from client.overlay import overlay_slices, slice_masks, write_overlays
-from client.report import format_table, report_dict, validate_report
-from client.result import PipelineResult, Timings, parse_arrays
-from client.submit import PipelineClient, request_arrays, submit
-from client.transport import TransportConfig, connect, is_local_url
+from covidct.client.answer import DEMO_WARNING, model_summary
+from covidct.client.batch import ExitCode, PatientOutcome, batch_exit_code, exit_code_of
+from covidct.client.cli import build_parser, collect_inputs, main
+from covidct.client.overlay import overlay_slices, slice_masks, write_overlays
+from covidct.client.report import format_table, report_dict, validate_report
+from covidct.client.result import PipelineResult, Timings, parse_arrays
+from covidct.client.submit import PipelineClient, request_arrays, submit
+from covidct.client.transport import TransportConfig, connect, is_local_url
 from covidct.errors import (
     ClientError,
     DeadlineExceededError,
@@ -34,7 +34,7 @@ from covidct.errors import (
     TLSConfigError,
 )
 from covidct.serving import tensors as tn
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 
 def free_port() -> int:
@@ -330,7 +330,7 @@ def test_table_notes_the_card_warning_of_models_trained_on_real_data():
 
 
 def test_table_and_report_show_warnings_and_which_series_was_read():
-    from client.answer import Reason
+    from covidct.client.answer import Reason
 
     base = fake_result(0, REAL_CARDS)
     clipped = dataclasses.replace(

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError, dicom_tag
-from preprocessing.config import (
+from covidct.preprocessing.config import (
     PIPELINE_CONFIG_FILENAME,
     ModelInputConfig,
     PipelineConfig,
-    ReaderConfig,
     SelectionConfig,
     VoteConfig,
 )
-from preprocessing.volume import CTVolume, make_series_key
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.volume import CTVolume, make_series_key
 
 
 def test_pipeline_config_json_round_trip_is_exact(tmp_path):

@@ -16,16 +16,16 @@ import torch
 
 from covidct.serving import tensors as T
 from covidct.serving.steps import preprocess_step, vote_step
-from preprocessing.config import MaskConfig, ModelInputConfig, PipelineConfig
-from preprocessing.devices import as_tensor, to_numpy
-from preprocessing.hu_window import window_normalize
-from preprocessing.lung_crop import crop_resize, lung_boxes
-from preprocessing.lung_masks import lung_and_infection_masks
-from preprocessing.mask_grid import block_mean
-from preprocessing.model_inputs import network_inputs
-from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
-from preprocessing.slice_resize import resize_bilinear, resize_nearest
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.config import MaskConfig, ModelInputConfig, PipelineConfig
+from covidct.preprocessing.devices import as_tensor, to_numpy
+from covidct.preprocessing.hu_window import window_normalize
+from covidct.preprocessing.lung_crop import crop_resize, lung_boxes
+from covidct.preprocessing.lung_masks import lung_and_infection_masks
+from covidct.preprocessing.mask_grid import block_mean
+from covidct.preprocessing.model_inputs import network_inputs
+from covidct.preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
+from covidct.preprocessing.slice_resize import resize_bilinear, resize_nearest
+from covidct.preprocessing.synthetic.phantom import make_phantom
 from tests import numpy_reference as ref
 
 DEVICES = [
@@ -50,7 +50,7 @@ def phantom_hu() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def real_hu(real_data_dir: Path) -> np.ndarray:
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     hu = read_series(real_data_dir / "P002").hu
     return hu[np.linspace(0, hu.shape[0] - 1, 24).round().astype(int)]

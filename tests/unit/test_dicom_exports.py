@@ -36,15 +36,15 @@ from covidct.errors import (
     ResourceLimitError,
     UnsupportedFormatError,
 )
-from preprocessing.config import ReaderConfig
-from preprocessing.io import dicom_decode
-from preprocessing.io.dicom_decode import chunk_size, decode_series, tasks_for_slices
-from preprocessing.io.dicom_scan import DIRECTORY, LOCALIZER, NON_AXIAL, NON_IMAGE, OTHER_SERIES
-from preprocessing.io.dicom_series import scan_dicom
-from preprocessing.io.series_reader import read_dicom_series, read_series
-from preprocessing.io.series_writer import iter_dicom_datasets, write_dicom_series
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io import dicom_decode
+from covidct.preprocessing.io.dicom_decode import chunk_size, decode_series, tasks_for_slices
+from covidct.preprocessing.io.dicom_scan import DIRECTORY, LOCALIZER, NON_AXIAL, NON_IMAGE, OTHER_SERIES
+from covidct.preprocessing.io.dicom_series import scan_dicom
+from covidct.preprocessing.io.series_reader import read_dicom_series, read_series
+from covidct.preprocessing.io.series_writer import iter_dicom_datasets, write_dicom_series
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.volume import CTVolume
 
 #: Copied from the first single-frame data set to the multi-frame one (patient, study, pixels).
 COMMON_KEYWORDS = (

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from client.cli import build_parser, main
-from client.dicom_key_images import (
+from covidct.client.cli import build_parser, main
+from covidct.client.dicom_key_images import (
     KeyImageConfig,
     build_key_images,
     infection_areas,
@@ -21,14 +21,19 @@ from client.dicom_key_images import (
     patient_orientation,
     render_key_image,
 )
-from client.dicom_results import build_dicom_results, dicom_results_for, read_source_headers, write_dicom_results
-from client.dicom_seg import DicomOutputConfig
-from client.result import Assessment, Reason
+from covidct.client.dicom_results import (
+    build_dicom_results,
+    dicom_results_for,
+    read_source_headers,
+    write_dicom_results,
+)
+from covidct.client.dicom_seg import DicomOutputConfig
+from covidct.client.result import Assessment, Reason
 from covidct.errors import ConfigError, DicomResultsError, SourceHeaderError
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.resize import resize_nearest
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.resize import resize_nearest
+from covidct.preprocessing.synthetic.phantom import make_phantom
 from tests.unit.test_dicom_results import (
     N,
     ORIENTED_SPACING,

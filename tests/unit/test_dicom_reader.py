@@ -20,10 +20,10 @@ from pydicom.uid import (
 )
 
 from covidct.errors import MixedSeriesError, ObliqueSeriesError
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_decode import DecodeTask, decode_series, resolve_workers, stored_to_hu
-from preprocessing.io.series_reader import read_dicom_series, read_series
-from preprocessing.volume import make_series_key
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_decode import DecodeTask, decode_series, resolve_workers, stored_to_hu
+from covidct.preprocessing.io.series_reader import read_dicom_series, read_series
+from covidct.preprocessing.volume import make_series_key
 from tests.unit.dicom_factory import PATIENT_ID, PATIENT_NAME, STUDY_DATE, write_ct_series
 
 
@@ -150,7 +150,7 @@ def test_picks_largest_axial_ct_series_and_reports_every_skip(tmp_path, caplog):
     _write_sr(root / "report.dcm")
     (root / "notes.txt").write_text("not a DICOM file")
     (root / "empty.dcm").write_bytes(b"")
-    with caplog.at_level(logging.INFO, logger="preprocessing"):
+    with caplog.at_level(logging.INFO, logger="covidct.preprocessing"):
         volume, report = read_dicom_series(root)
     np.testing.assert_array_equal(volume.hu, main.hu)
     reasons = {s.name: s.reason for s in report.skipped}

@@ -16,25 +16,35 @@ import numpy as np
 import pydicom
 import pytest
 
-from client.batch import ExitCode, exit_code_of
-from client.dicom_results import build_dicom_results, dicom_results_for, read_source_headers, write_dicom_results
-from client.dicom_seg import TYPE2_PATIENT_STUDY, DicomOutputConfig, full_resolution_masks, with_type2_attributes
-from client.dicom_sr import report_values
-from client.listener import (
+from covidct.client.batch import ExitCode, exit_code_of
+from covidct.client.dicom_results import (
+    build_dicom_results,
+    dicom_results_for,
+    read_source_headers,
+    write_dicom_results,
+)
+from covidct.client.dicom_seg import (
+    TYPE2_PATIENT_STUDY,
+    DicomOutputConfig,
+    full_resolution_masks,
+    with_type2_attributes,
+)
+from covidct.client.dicom_sr import report_values
+from covidct.client.listener import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     SeriesCollector,
 )
-from client.pacs import StoreDestination, StowDestination, parse_destination
-from client.result import Assessment, PipelineResult, Reason
+from covidct.client.pacs import StoreDestination, StowDestination, parse_destination
+from covidct.client.result import Assessment, PipelineResult, Reason
 from covidct.errors import DicomResultsError, InputError, ResultStoreError, SourceHeaderError
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import iter_dicom_datasets, write_dicom_series
-from preprocessing.orientation import InPlaneTransform, source_orientation, transform_from_orientation
-from preprocessing.resize import resize_nearest
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import iter_dicom_datasets, write_dicom_series
+from covidct.preprocessing.orientation import InPlaneTransform, source_orientation, transform_from_orientation
+from covidct.preprocessing.resize import resize_nearest
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.volume import CTVolume
 
 N, SIZE, FACTOR = 24, 64, 4
 CARD = {

@@ -17,15 +17,15 @@ import pytest
 import torch
 
 from covidct.errors import CheckpointError, ExportError, ParityError
-from export.config import OnnxExportConfig, ParityTolerance
-from export.onnx_export import export_checkpoint, exported_specs, onnx_metadata
-from export.parity import check_parity, compare_outputs, onnxruntime_function, random_inputs
-from export.pbtxt import TensorSpec
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.checkpoint import save_checkpoint
-from training.model_card import FILENAME as CARD_FILENAME
-from training.model_card import ModelCard, load_model_card
-from training.registry import create_model, list_models
+from covidct.export.config import OnnxExportConfig, ParityTolerance
+from covidct.export.onnx_export import export_checkpoint, exported_specs, onnx_metadata
+from covidct.export.parity import check_parity, compare_outputs, onnxruntime_function, random_inputs
+from covidct.export.pbtxt import TensorSpec
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.checkpoint import save_checkpoint
+from covidct.training.model_card import FILENAME as CARD_FILENAME
+from covidct.training.model_card import ModelCard, load_model_card
+from covidct.training.registry import create_model, list_models
 
 # Smallest input sizes the architectures accept (resnet: divisible by 64; attention
 # U-Net depth 5 and FCN-8s: by 32).
@@ -125,9 +125,9 @@ def test_export_two_logit_classifier_and_mask_channels(tmp_path):
 
 
 def test_parity_check_catches_a_tampered_export(tmp_path):
-    from training.heads import probability_model
-    from export.parity import torch_function
-    from training.checkpoint import load_checkpoint
+    from covidct.training.heads import probability_model
+    from covidct.export.parity import torch_function
+    from covidct.training.checkpoint import load_checkpoint
 
     ckpt = make_checkpoint(tmp_path, "cnn6")
     out = tmp_path / "out" / "model.onnx"
@@ -154,7 +154,7 @@ def test_legacy_torchscript_exporter(tmp_path):
 
 
 def test_exported_specs_reject_contradicting_config():
-    from training.registry import resolve_config
+    from covidct.training.registry import resolve_config
 
     cfg = resolve_config("unet", input_size=32, in_channels=3)
     io = (TensorSpec("SEGMENTER_INPUT", "TYPE_FP32", (-1, 1, -1, -1)),

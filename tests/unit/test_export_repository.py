@@ -19,17 +19,17 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from covidct.errors import CheckpointError, ExportError
-from export.__main__ import main
-from export.config import DEFAULT_SOURCE_REPOSITORY, OnnxExportConfig, RepositoryOptions
-from export.onnx_export import onnx_metadata
-from export.pbtxt import get_parameter, input_specs, output_specs, read_config
-from export.repository import STEPS, build_repository, generate_repository
+from covidct.export.__main__ import main
+from covidct.export.config import DEFAULT_SOURCE_REPOSITORY, OnnxExportConfig, RepositoryOptions
+from covidct.export.onnx_export import onnx_metadata
+from covidct.export.pbtxt import get_parameter, input_specs, output_specs, read_config
+from covidct.export.repository import STEPS, build_repository, generate_repository
 from covidct.serving.runners import OnnxRuntimeRunner, RunnerSettings
-from export.validate import validate_repository
-from preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
-from training.checkpoint import save_checkpoint
-from training.model_card import ModelCard, load_model_card
-from training.registry import create_model
+from covidct.export.validate import validate_repository
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
+from covidct.training.checkpoint import save_checkpoint
+from covidct.training.model_card import ModelCard, load_model_card
+from covidct.training.registry import create_model
 
 SIZE = 32
 FAST = RepositoryOptions(onnx=OnnxExportConfig(exporter="torchscript"))
@@ -136,7 +136,7 @@ def test_checkpoint_without_model_card_is_not_exported(checkpoints, tmp_path):
     shutil.copytree(checkpoints["segmenter"], no_card)
     (no_card / "model_card.json").unlink()
     with pytest.raises(CheckpointError, match=r"no_card/model_card\.json: checkpoint has no model card; retrain it "
-                                              r"with `python -m training train`"):
+                                              r"with `python -m covidct.training train`"):
         build_repository(checkpoints["classifier"], no_card, tmp_path / "repo", options=FAST)
     stale = tmp_path / "stale"
     shutil.copytree(checkpoints["classifier"], stale)

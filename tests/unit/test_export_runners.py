@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from covidct.errors import CheckpointError, ExportError, TensorInputError
-from export.onnx_export import export_checkpoint
+from covidct.export.onnx_export import export_checkpoint
 from covidct.serving.runners import (
     OnnxRuntimeRunner,
     RunnerSettings,
@@ -29,9 +29,9 @@ from covidct.serving.runners import (
     empty_output_shape,
     graph_buckets,
 )
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.checkpoint import save_checkpoint
-from training.registry import create_model
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.checkpoint import save_checkpoint
+from covidct.training.registry import create_model
 
 SIZE = 32
 

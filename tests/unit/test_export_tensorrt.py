@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from covidct.errors import ExportError, TensorRTUnavailableError
-from export.config import SliceProfile, TensorRTBuildConfig
-from export.pbtxt import TensorSpec
-from export.tensorrt_build import (
+from covidct.export.config import SliceProfile, TensorRTBuildConfig
+from covidct.export.pbtxt import TensorSpec
+from covidct.export.tensorrt_build import (
     build_engine,
     check_engine_parity,
     main,

@@ -12,13 +12,13 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from covidct.errors import ExportError
-from export.config import DEFAULT_SOURCE_REPOSITORY, OnnxExportConfig, RepositoryOptions
-from export.pbtxt import read_config, write_config
-from export.repository import build_repository
-from export.validate import check_repository, validate_repository
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.checkpoint import save_checkpoint
-from training.registry import create_model
+from covidct.export.config import DEFAULT_SOURCE_REPOSITORY, OnnxExportConfig, RepositoryOptions
+from covidct.export.pbtxt import read_config, write_config
+from covidct.export.repository import build_repository
+from covidct.export.validate import check_repository, validate_repository
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.checkpoint import save_checkpoint
+from covidct.training.registry import create_model
 
 SIZE = 32
 

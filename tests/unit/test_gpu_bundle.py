@@ -16,19 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_image import GPU_IMAGE_PACKAGES, PROJECT_DISTRIBUTION
-from benchmarks.gpu_bundle import (
-    MANIFEST,
-    PACKAGES,
+from covidct.benchmarks.gpu_bundle_build import (
     REJECTED_MANIFEST,
     BundleConfig,
     build,
     elf_needed,
-    install,
     select_wheel,
-    sha256_of,
     working_tree_bytes,
 )
+from covidct.benchmarks.gpu_bundle_install import MANIFEST, install, sha256_of
+from covidct.benchmarks.gpu_bundle_packages import PACKAGES
+from covidct.benchmarks.gpu_image import GPU_IMAGE_PACKAGES, PROJECT_DISTRIBUTION
 from covidct.errors import BenchmarkToolError
 
 PY = "%d.%d" % sys.version_info[:2]
@@ -170,7 +168,7 @@ def test_select_wheel_needs_exactly_one_for_the_python(tmp_path):
 
 
 def test_install_lays_out_what_the_launcher_finds(bundle, tmp_path):
-    from covidct.triton_server import locate_triton, prepare_stub
+    from covidct.app.triton_install import locate_triton, prepare_stub
 
     folder, _ = bundle
     paths = install(folder, tmp_path / "env")
@@ -204,17 +202,21 @@ def test_working_tree_counts_tracked_and_untracked_files_but_not_ignored_ones(tm
 
 GUARDED_IMPORT = """
 import importlib, sys
-from benchmarks.gpu_image import guard_imports
+from covidct.benchmarks.gpu_image import guard_imports
 guard_imports(None if sys.argv[1] == "bundle" else frozenset(sys.argv[1].split(",")))
 for module in sys.argv[2:]:
     importlib.import_module(module)
 print("imported", len(sys.argv) - 2)
 """
-RUN_MODULES = ("benchmarks.gpu_parity", "benchmarks.gpu_run", "benchmarks.paper_comparison", "benchmarks.throughput",
-               "export.repository", "client.submit", "covidct.triton_server", "tritonclient.grpc", "torch.onnx",
-               "onnxscript", "matplotlib.pyplot")
-STUB_MODULES = ("covidct.serving.step_model", "covidct.serving.runners", "training.checkpoint", "training.heads",
-                "training.models", "torch", "onnxruntime")
+RUN_MODULES = (
+    "covidct.benchmarks.gpu_parity", "covidct.benchmarks.gpu_run", "covidct.benchmarks.paper_comparison",
+    "covidct.benchmarks.throughput", "covidct.export.repository", "covidct.client.submit", "covidct.app.triton_server",
+    "tritonclient.grpc", "torch.onnx", "onnxscript", "matplotlib.pyplot",
+)
+STUB_MODULES = (
+    "covidct.serving.step_model", "covidct.serving.runners", "covidct.training.checkpoint", "covidct.training.heads",
+    "covidct.training.models", "torch", "onnxruntime",
+)
 
 
 def guarded(allowed: str, *modules: str) -> subprocess.CompletedProcess:
@@ -227,7 +229,7 @@ def test_the_run_imports_with_only_the_gpu_image_and_the_bundle():
     assert client.returncode == 0, client.stderr[-2000:]
     stub = guarded(",".join(GPU_IMAGE_PACKAGES | {PROJECT_DISTRIBUTION}), *STUB_MODULES)  # the stub: no client site
     assert stub.returncode == 0, stub.stderr[-2000:]
-    refused = guarded("bundle", "client.dicom_seg")  # DICOM SEG needs highdicom: neither there nor bundled
+    refused = guarded("bundle", "covidct.client.dicom_seg")  # DICOM SEG needs highdicom: neither there nor bundled
     assert refused.returncode != 0
     assert "No module named 'highdicom' (its distribution highdicom is neither on the GPU machine" in refused.stderr
     assert {p.name for p in PACKAGES} & GPU_IMAGE_PACKAGES == {"numpy"}  # only the stub's own numpy 1.26

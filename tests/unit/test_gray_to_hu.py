@@ -1,4 +1,4 @@
-"""Gray -> HU map estimation of 8-bit windowed CT images (preprocessing.gray_to_hu)."""
+"""Gray -> HU map estimation of 8-bit windowed CT images (covidct.preprocessing.gray_to_hu)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covidct.errors import GrayMapError
-from preprocessing.gray_to_hu import GrayMapConfig, GrayToHU, estimate_gray_to_hu, gray_image_to_hu
+from covidct.preprocessing.gray_to_hu import GrayMapConfig, GrayToHU, estimate_gray_to_hu, gray_image_to_hu
 
 
 def window(hu: np.ndarray, width: float, level: float) -> np.ndarray:
@@ -89,7 +89,7 @@ def test_refuses_when_tissue_saturated() -> None:
 
 @pytest.mark.real_data
 def test_real_series_windows(real_data_dir) -> None:
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     for name in ("P002", "cap002", "normal002"):
         volume = read_series(real_data_dir / name).hu

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import WindowConfig
-from preprocessing.hu_window import window_normalize
-from preprocessing.slice_resize import resize_bilinear, resize_images, resize_masks, resize_nearest
+from covidct.preprocessing.config import WindowConfig
+from covidct.preprocessing.hu_window import window_normalize
+from covidct.preprocessing.slice_resize import resize_bilinear, resize_images, resize_masks, resize_nearest
 
 
 def _torch_resize(stack: np.ndarray, out_hw: tuple[int, int], mode: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""8-bit windowed CT image sources (training.image_sources) and data sets (training.sets).
+"""8-bit windowed CT image sources (covidct.training.image_sources) and data sets (covidct.training.sets).
 
 Every image here is written by the test itself: a synthetic chest slice in HU (outside air
 -1000, body fat -100 / muscle +40, two lungs about -850 with vessels, an optional bone
@@ -17,15 +17,15 @@ import pytest
 from PIL import Image
 
 from covidct.errors import ConfigError, DatasetError, GrayMapError
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.image_sources import (
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.image_sources import (
     TRANSFORMS,
     infection_mask_cases,
     mosmed_slices_cases,
     orient,
     sars_cov_2_ct_cases,
 )
-from training.sets import SetSpec, data_report, parse_set, prepare_set
+from covidct.training.sets import SetSpec, data_report, parse_set, prepare_set
 
 MARKER_HU = 700.0
 LESION_HU = -450.0
@@ -417,8 +417,8 @@ def test_parse_set_errors(tmp_path, entry, match):
 
 
 def test_single_source_training_skips_images_without_map(tmp_path):
-    from training.config import resolve_train_config
-    from training.run import run_training
+    from covidct.training.config import resolve_train_config
+    from covidct.training.run import run_training
 
     root = tmp_path / "setA"
     write_mosmed(root, windows=((1500, -600), (1200, -550)) * 2, size=64)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.synthetic.lesion_insertion import insert_lesions
-from preprocessing.synthetic.phantom import Phantom, make_phantom
-from preprocessing.io.series_reader import read_series
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.synthetic.lesion_insertion import insert_lesions
+from covidct.preprocessing.synthetic.phantom import Phantom, make_phantom
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.volume import CTVolume
 
 #: Border voxels mix 80 % lesion with 20 % of the original (down to -1024 HU); noise on top.
 GROUND_GLASS_FLOOR_HU = -780

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.assessment import WARNING_CODES, Assessment, assess
-from preprocessing.config import AssessmentConfig, LungSegmentationConfig
-from preprocessing.lung_coverage import lung_coverage
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.synthetic.case_transforms import crop_slices
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.synthetic.trust_cases import CoverageCrop, coverage_crops
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.assessment import WARNING_CODES, Assessment, assess
+from covidct.preprocessing.config import AssessmentConfig, LungSegmentationConfig
+from covidct.preprocessing.lung_coverage import lung_coverage
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.synthetic.case_transforms import crop_slices
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.synthetic.trust_cases import CoverageCrop, coverage_crops
+from covidct.preprocessing.volume import CTVolume
 
 CONFIG = AssessmentConfig()
 LIMIT = CONFIG.max_missing_lung_fraction
@@ -229,7 +229,7 @@ def test_coverage_crops_cut_where_they_say() -> None:
 
 @pytest.fixture(scope="module")
 def real_series(real_data_dir):  # type: ignore[no-untyped-def]
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     out = {}
     for name in SERIES:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import CropConfig
-from preprocessing.lung_crop import NO_BOX, crop_resize, crop_to_lung, lung_boxes
+from covidct.preprocessing.config import CropConfig
+from covidct.preprocessing.lung_crop import NO_BOX, crop_resize, crop_to_lung, lung_boxes
 
 
 def _bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import MaskConfig
-from preprocessing.lung_masks import infection_mask, lung_and_infection_masks, lung_mask
+from covidct.preprocessing.config import MaskConfig
+from covidct.preprocessing.lung_masks import infection_mask, lung_and_infection_masks, lung_mask
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 

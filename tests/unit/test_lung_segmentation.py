@@ -7,10 +7,10 @@ import pytest
 from scipy import ndimage
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import LungSegmentationConfig
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.mask_grid import block_mean, fill_slices, reduction_factor
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.config import LungSegmentationConfig
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.mask_grid import block_mean, fill_slices, reduction_factor
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 SERIES = ("P002", "cap002", "normal002")
 
@@ -108,7 +108,7 @@ def test_input_errors_name_the_problem() -> None:
 
 @pytest.fixture(scope="module")
 def real_segmentations(real_data_dir):  # type: ignore[no-untyped-def]
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     out = {}
     for name in SERIES:

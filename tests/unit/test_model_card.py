@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from covidct.errors import CheckpointError, ConfigError, DatasetError
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import resolve_train_config
-from training.evaluate import pick_vote_threshold
-from training.model_card import (
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.training.checkpoint import load_checkpoint, save_checkpoint
+from covidct.training.checkpoint_eval import evaluate_checkpoint, record_vote_threshold
+from covidct.training.config import resolve_train_config
+from covidct.training.evaluate import pick_vote_threshold
+from covidct.training.model_card import (
     DEMO_WARNING,
     FILENAME,
     ModelCard,
@@ -23,8 +24,8 @@ from training.model_card import (
     make_card,
     training_data_record,
 )
-from training.registry import create_model
-from training.run import evaluate_checkpoint, record_vote_threshold, run_training
+from covidct.training.registry import create_model
+from covidct.training.run import run_training
 
 SIZE = 32
 
@@ -73,7 +74,7 @@ def test_real_data_card_is_not_a_demo_but_warns():
 
 def test_load_model_card_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"model_card\.json: checkpoint has no model card; retrain it with "
-                                              r"`python -m training train`"):
+                                              r"`python -m covidct.training train`"):
         load_model_card(tmp_path)
     (tmp_path / FILENAME).write_text("{not json")
     with pytest.raises(CheckpointError, match=r"model_card\.json: model card is not valid JSON"):
@@ -157,7 +158,7 @@ def test_training_run_writes_a_demo_card(trained):
 
 
 def test_evaluate_picks_the_vote_threshold(trained, tmp_path):
-    from training.config import DataConfig
+    from covidct.training.config import DataConfig
 
     ckpt = trained.checkpoint
     data = DataConfig(kind="phantom", phantom_patients=4, phantom_slices=16, phantom_size=64, seed=5)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from covidct.errors import VolumeError
-from preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
-from preprocessing.hu_window import window_normalize
-from preprocessing.model_inputs import classifier_inputs, network_inputs, segmenter_inputs
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig, WindowConfig
+from covidct.preprocessing.hu_window import window_normalize
+from covidct.preprocessing.model_inputs import classifier_inputs, network_inputs, segmenter_inputs
 
 
 def _resize(stack: np.ndarray, size: int, mode: str) -> np.ndarray:

@@ -19,9 +19,9 @@ from covidct.errors import (
     UnsupportedFormatError,
     VolumeError,
 )
-from preprocessing.config import ReaderConfig
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.tiff_series import natural_key, read_tiff_folder
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.tiff_series import natural_key, read_tiff_folder
 
 SPACING_XYZ = (0.6, 0.7, 2.0)
 

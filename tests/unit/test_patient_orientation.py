@@ -11,10 +11,10 @@ import pydicom
 import pytest
 
 from covidct.errors import ConfigError, ObliqueSeriesError
-from preprocessing.config import ReaderConfig
-from preprocessing.io.series_reader import read_dicom_series, read_series
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.orientation import (
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.series_reader import read_dicom_series, read_series
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.orientation import (
     IDENTITY,
     PATIENT_POSITION_ORIENTATIONS,
     InPlaneTransform,
@@ -22,8 +22,8 @@ from preprocessing.orientation import (
     source_orientation,
     transform_from_orientation,
 )
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.volume import CTVolume
 
 POSITIONS = sorted(PATIENT_POSITION_ORIENTATIONS)
 
@@ -129,9 +129,9 @@ def test_tilted_series_is_refused_and_small_rotation_read(tmp_path, chest):
 def test_anatomy_that_contradicts_its_header_is_an_orientation_reason(tmp_path):
     """Pixels stored supine under a prone header: read as the header says, the spine ends
     up anterior, and the assessment names the orientation (it never answers on it)."""
-    from preprocessing.assessment import assess
-    from preprocessing.config import AssessmentConfig, LungSegmentationConfig
-    from preprocessing.lung_segmentation import segment_lungs
+    from covidct.preprocessing.assessment import assess
+    from covidct.preprocessing.config import AssessmentConfig, LungSegmentationConfig
+    from covidct.preprocessing.lung_segmentation import segment_lungs
 
     chest = make_phantom(50, size=96, covid=False, seed=4).volume
     for path in write_dicom_series(chest, tmp_path):

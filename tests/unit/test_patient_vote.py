@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import VoteConfig
-from preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
+from covidct.preprocessing.config import VoteConfig
+from covidct.preprocessing.patient_vote import lesion_burden_percent, lung_volume_ml, patient_vote
 
 
 def test_exactly_thirty_percent_is_positive() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.config import SelectionConfig
-from preprocessing.synthetic.phantom import (
+from covidct.preprocessing.config import SelectionConfig
+from covidct.preprocessing.synthetic.phantom import (
     FIELD_OF_VIEW_MM,
     SCAN_EXTENT_MM,
     Phantom,
@@ -30,7 +30,7 @@ def normal() -> Phantom:
 
 
 def _open_lung_selection(hu: np.ndarray) -> np.ndarray:
-    """Paper 002's rule, written out here independently of preprocessing.slice_selection."""
+    """Paper 002's rule, written out here independently of covidct.preprocessing.slice_selection."""
     cfg = SelectionConfig()
     scale = hu.shape[1] / cfg.reference_size
     rows = slice(int(cfg.region_y[0] * scale), int(cfg.region_y[1] * scale))
@@ -185,7 +185,7 @@ def test_bad_arguments_are_rejected() -> None:
         make_phantom(num_slices=10, size=8)
     with pytest.raises(ConfigError, match="spacing_mm"):
         make_phantom(num_slices=10, size=64, spacing_mm=(2.0, -0.7, 0.7))
-    from preprocessing.synthetic.lesion_model import LesionConfig
+    from covidct.preprocessing.synthetic.lesion_model import LesionConfig
 
     bad = PhantomConfig(lesions=LesionConfig(n_lesions=(5, 2)))
     with pytest.raises(ConfigError, match=r"n_lesions=\(5, 2\)"):

@@ -10,9 +10,9 @@ import pytest
 from covidct.errors import ConfigError, TensorInputError
 from covidct.serving import tensors as T
 from covidct.serving.steps import preprocess_step, run_pipeline_reference, vote_step
-from preprocessing.config import ModelInputConfig, PipelineConfig, SelectionConfig
-from preprocessing.synthetic.case_transforms import all_air, rotate_in_plane
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig, SelectionConfig
+from covidct.preprocessing.synthetic.case_transforms import all_air, rotate_in_plane
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 CONFIG = PipelineConfig(classifier_input=ModelInputConfig(size=64), segmenter_input=ModelInputConfig(size=64))
 
@@ -52,7 +52,7 @@ def test_preprocess_outputs_cover_the_whole_lung(phantom, prepared) -> None:
 
 
 def test_network_inputs_equal_model_inputs_of_the_chosen_slices(phantom, prepared) -> None:
-    from preprocessing.model_inputs import classifier_inputs, segmenter_inputs
+    from covidct.preprocessing.model_inputs import classifier_inputs, segmenter_inputs
 
     hu = phantom.volume.hu
     selected, lung_slices = prepared[T.SELECTED_INDICES], prepared[T.LUNG_SLICES]
@@ -75,7 +75,7 @@ def test_paper002_selection_is_available_by_name(phantom) -> None:
     config = PipelineConfig(selection=SelectionConfig(rule="paper002"),
                             classifier_input=ModelInputConfig(size=32), segmenter_input=ModelInputConfig(size=32))
     out = preprocess_step(volume.hu, np.asarray(volume.spacing_mm, np.float32), config)
-    from preprocessing.slice_selection import select_open_lung_slices
+    from covidct.preprocessing.slice_selection import select_open_lung_slices
 
     expected = select_open_lung_slices(volume.hu, config.selection).indices
     np.testing.assert_array_equal(out[T.SELECTED_INDICES], expected)

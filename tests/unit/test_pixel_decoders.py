@@ -19,10 +19,10 @@ from pydicom.uid import (
 )
 
 from covidct.errors import ConfigError, PixelDecodeError
-from preprocessing.config import ReaderConfig
-from preprocessing.io.dicom_decode import decode_series, decode_series_recorded, decode_slice, tasks_for_slices
-from preprocessing.io.dicom_series import scan_dicom
-from preprocessing.io.pixel_decoders import (
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.dicom_decode import decode_series, decode_series_recorded, decode_slice, tasks_for_slices
+from covidct.preprocessing.io.dicom_series import scan_dicom
+from covidct.preprocessing.io.pixel_decoders import (
     DECODER_CHOICES,
     NVIMGCODEC_LABEL,
     PREFERENCE,
@@ -257,7 +257,7 @@ def test_gdcm_and_pylibjpeg_bit_identical_on_real_series(real_data_dir, name):
 
 # --------------------------------------------------------------------------- benchmark
 def test_decode_benchmark_reports_every_available_decoder(series, tmp_path):
-    from benchmarks.bench_decode import main
+    from covidct.benchmarks.bench_decode import main
 
     folder, _ = series["jpeg-lossless"]
     result = main(["--series", str(folder), "--out", str(tmp_path / "out"), "--repeats", "1", "--no-pin"])

@@ -25,8 +25,8 @@ from covidct.errors import (
     UnsafeArchivePathError,
     UnsupportedFormatError,
 )
-from preprocessing.config import ReaderConfig
-from preprocessing.io.series_reader import read_series
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.series_reader import read_series
 from tests.unit.dicom_factory import write_ct_series
 
 

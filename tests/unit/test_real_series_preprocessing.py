@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from preprocessing.lung_masks import lung_mask
-from preprocessing.patient_vote import lung_volume_ml
-from preprocessing.io.series_reader import read_series
-from preprocessing.slice_selection import select_open_lung_slices
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.lung_masks import lung_mask
+from covidct.preprocessing.patient_vote import lung_volume_ml
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.slice_selection import select_open_lung_slices
+from covidct.preprocessing.volume import CTVolume
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]  # reading the 3 series takes ~13 s
 

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pytest
 
-from preprocessing.io.series_reader import read_dicom_series, read_series
+from covidct.preprocessing.io.series_reader import read_dicom_series, read_series
 
 pytestmark = pytest.mark.real_data
 SERIES = ("P002", "cap002", "normal002")

@@ -84,7 +84,7 @@ def test_generic_tensor_check_and_probabilities() -> None:
 
 
 def test_spacing_and_matrix_limits_of_what_scanners_produce() -> None:
-    from preprocessing.config import ReaderConfig
+    from covidct.preprocessing.reader_config import ReaderConfig
 
     reader = ReaderConfig()
     assert validate_spacing(np.array([2.0, 0.7, 0.7], np.float32), "SPACING_MM", reader).tolist() == pytest.approx(

@@ -13,15 +13,15 @@ import tifffile
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from covidct.errors import ConfigError, VolumeError
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.io.series_reader import read_series
-from preprocessing.io.series_writer import (
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.io.series_reader import read_series
+from covidct.preprocessing.io.series_writer import (
     write_dicom_series,
     write_dicom_zip,
     write_nifti,
     write_tiff_folder,
 )
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.volume import CTVolume
 
 SPACING = (2.5, 0.75, 0.75)
 

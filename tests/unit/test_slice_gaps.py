@@ -10,11 +10,11 @@ import pytest
 
 from covidct.errors import TensorInputError
 from covidct.serving.request_validation import validate_positions
-from preprocessing.assessment import assess
-from preprocessing.config import AssessmentConfig, LungSegmentationConfig
-from preprocessing.lung_segmentation import segment_lungs
-from preprocessing.slice_gaps import SliceGap, find_gaps, gaps_at_lung
-from preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.assessment import assess
+from covidct.preprocessing.config import AssessmentConfig, LungSegmentationConfig
+from covidct.preprocessing.lung_segmentation import segment_lungs
+from covidct.preprocessing.slice_gaps import SliceGap, find_gaps, gaps_at_lung
+from covidct.preprocessing.synthetic.phantom import make_phantom
 
 
 def test_find_gaps_by_the_median_spacing():
@@ -86,7 +86,7 @@ def test_positions_tensor_is_validated():
 
 def test_drop_slices_keeps_positions_and_names(chest):
     from covidct.errors import ConfigError
-    from preprocessing.synthetic.case_transforms import drop_slices
+    from covidct.preprocessing.synthetic.case_transforms import drop_slices
 
     volume, _ = chest
     named = dataclasses.replace(volume, source_names=tuple(f"IM{i:04d}" for i in range(volume.num_slices)))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from covidct.errors import ConfigError, NoOpenLungError, VolumeError
-from preprocessing.config import SelectionConfig
-from preprocessing.slice_selection import dark_pixel_counts, scaled_region, select_open_lung_slices
+from covidct.preprocessing.config import SelectionConfig
+from covidct.preprocessing.slice_selection import dark_pixel_counts, scaled_region, select_open_lung_slices
 
 
 def _volume_with_counts(counts: list[int], size: int = 512) -> np.ndarray:
@@ -80,7 +80,7 @@ def test_selection_errors_name_the_problem() -> None:
 
 # ------------------------------------------------------------------ lung-area rule
 def test_lung_area_rule_keeps_slices_at_the_fraction_of_the_maximum() -> None:
-    from preprocessing.slice_selection import select_by_lung_area
+    from covidct.preprocessing.slice_selection import select_by_lung_area
 
     area = np.array([0.0, 100.0, 249.0, 250.0, 1000.0, 600.0, 0.0])
     indices = select_by_lung_area(area)
@@ -92,7 +92,7 @@ def test_lung_area_rule_keeps_slices_at_the_fraction_of_the_maximum() -> None:
 
 
 def test_lung_area_rule_errors_and_config() -> None:
-    from preprocessing.slice_selection import select_by_lung_area
+    from covidct.preprocessing.slice_selection import select_by_lung_area
 
     assert SelectionConfig().rule == "lung_area" and SelectionConfig().min_lung_area_fraction == 0.25
     with pytest.raises(NoOpenLungError, match=r"none of the 3 slices holds lung"):
@@ -111,9 +111,9 @@ def test_lung_area_rule_errors_and_config() -> None:
 def test_lung_area_rule_keeps_the_infected_slices_of_real_series(real_data_dir) -> None:  # type: ignore[no-untyped-def]
     import csv
 
-    from preprocessing.io.series_reader import read_series
-    from preprocessing.lung_segmentation import segment_lungs
-    from preprocessing.slice_selection import select_by_lung_area
+    from covidct.preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.lung_segmentation import segment_lungs
+    from covidct.preprocessing.slice_selection import select_by_lung_area
 
     with open(real_data_dir / "labels.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

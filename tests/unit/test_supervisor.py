@@ -17,19 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from covidct import health
-from covidct.cli import main
+from covidct.app import health
+from covidct.app.cli import main
 from covidct.errors import ConfigError, ServerError
 from covidct.serving import source_repository
-from covidct.supervisor import (
-    SupervisedServer,
-    SupervisorConfig,
-    backoff_delay,
-    client_region_is_stale,
-    client_region_pid,
-    remove_stale_server_regions,
-)
-from covidct.triton_server import ServerConfig
+from covidct.app.shm_regions import client_region_is_stale, client_region_pid, remove_stale_server_regions
+from covidct.app.supervisor import SupervisedServer, SupervisorConfig, backoff_delay
+from covidct.app.triton_server import ServerConfig
 
 TRITON_STUB_DEAD = "in ensemble 'covid_ct_pipeline', Stub process 'preprocess_0_0' is not healthy."
 TRITON_INSTANCE_FAILED = (

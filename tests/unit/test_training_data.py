@@ -11,16 +11,16 @@ import tifffile
 import torch
 
 from covidct.errors import CheckpointError, ConfigError, DatasetError
-from preprocessing.config import ModelInputConfig, PipelineConfig
-from preprocessing.io.series_writer import write_dicom_series
-from preprocessing.synthetic.phantom import make_phantom
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import DataConfig, TrainConfig
-from training.datasets import SliceDataset, prepare_cases
-from training.file_sources import dicom_csv_cases, nifti_cases, slice_label, tiff_cases
-from training.patients import UNLABELLED, phantom_cases
-from training.registry import create_model
-from training.run import check_label_rule
+from covidct.preprocessing.config import ModelInputConfig, PipelineConfig
+from covidct.preprocessing.io.series_writer import write_dicom_series
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.training.checkpoint import load_checkpoint, save_checkpoint
+from covidct.training.config import DataConfig, TrainConfig
+from covidct.training.datasets import SliceDataset, prepare_cases
+from covidct.training.file_sources import dicom_csv_cases, nifti_cases, slice_label, tiff_cases
+from covidct.training.patients import UNLABELLED, phantom_cases
+from covidct.training.registry import create_model
+from covidct.training.run import check_label_rule
 
 LABELS_HEADER = "patient,diagnosis,slice_rank,sop_file,infected\n"
 
@@ -126,7 +126,7 @@ def _write_dicom_patients(root):
 
 def test_covid_vs_rest_on_dicom_files(tmp_path):
     """Row-less and blank slices: unlabelled in the COVID-19 patient, 0 by diagnosis elsewhere."""
-    from preprocessing.io.series_reader import read_series
+    from covidct.preprocessing.io.series_reader import read_series
 
     names = _write_dicom_patients(tmp_path)
     order = {pid: list(read_series(tmp_path / pid).source_names) for pid in names}

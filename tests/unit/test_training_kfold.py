@@ -1,4 +1,4 @@
-"""Patient-level k-fold (``python -m training kfold``): pooled out-of-fold figures,
+"""Patient-level k-fold (``python -m covidct.training kfold``): pooled out-of-fold figures,
 plots, and the final model whose card carries them. Phantom patients (fast) and the
 three real COVID-CT-MD series (slow)."""
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from covidct.errors import ConfigError
-from preprocessing.config import PipelineConfig
-from training.cli import main
-from training.config import resolve_train_config
-from training.model_card import file_sha256, load_model_card
-from training.run import run_kfold
+from covidct.preprocessing.config import PipelineConfig
+from covidct.training.cli import main
+from covidct.training.config import resolve_train_config
+from covidct.training.kfold import run_kfold
+from covidct.training.model_card import file_sha256, load_model_card
 
 
 @pytest.fixture(autouse=True)

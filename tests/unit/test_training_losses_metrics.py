@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from covidct.errors import ConfigError, DatasetError
-from training.augment import AugmentConfig, augment_batch
-from training.losses import dice_loss, focal_tversky_loss, make_loss
-from training.metrics import classification_metrics, roc_auc, roc_curve, segmentation_metrics
-from training.splits import holdout_split, patient_kfold
+from covidct.training.augment import AugmentConfig, augment_batch
+from covidct.training.losses import dice_loss, focal_tversky_loss, make_loss
+from covidct.training.metrics import classification_metrics, roc_auc, roc_curve, segmentation_metrics
+from covidct.training.splits import holdout_split, patient_kfold
 
 
 def test_focal_tversky_matches_hand_computation():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from covidct.errors import ConfigError
-from training.registry import ModelConfig, create_model, default_config, list_models, resolve_config
+from covidct.training.registry import ModelConfig, create_model, default_config, list_models, resolve_config
 
 # (min, max) parameters in millions at the registered defaults
 PARAM_RANGE_M = {

@@ -12,16 +12,16 @@ import json
 import pytest
 import torch
 
-from training.cli import main
-from training.config import DataConfig
-from training.run import evaluate_checkpoint
+from covidct.training.checkpoint_eval import evaluate_checkpoint
+from covidct.training.cli import main
+from covidct.training.config import DataConfig
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def demo_checkpoints(tmp_path_factory):
-    from training.demo_models import train_demo_models
+    from covidct.training.demo_models import train_demo_models
 
     # one thread: with other processes on the 2 cores, two OpenMP threads spin and
     # slowed this fixture ten-fold in our runs

@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 
 from covidct.errors import ServerError
-from covidct.triton_server import (
-    package_root,
-    STUB_NAME,
+from covidct.app.triton_install import STUB_NAME, build_environment, locate_triton, package_root, prepare_stub
+from covidct.app.server_log import log_excerpt, read_log_tail
+from covidct.app.triton_server import (
     ServerConfig,
     TritonServer,
-    build_environment,
     free_ports,
-    locate_triton,
-    log_excerpt,
-    prepare_stub,
-    read_log_tail,
     CUDA_POOL_BYTES,
     server_command,
 )

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from covidct.errors import ConfigError
-from preprocessing.synthetic.case_transforms import (
+from covidct.preprocessing.synthetic.case_transforms import (
     all_air,
     crop_slices,
     flip_anterior_posterior,
@@ -17,10 +17,10 @@ from preprocessing.synthetic.case_transforms import (
     uniform_noise,
     with_spacing,
 )
-from preprocessing.synthetic.non_chest import make_abdomen, make_head, make_thighs
-from preprocessing.synthetic.phantom import make_phantom
-from preprocessing.synthetic.trust_cases import REASON_CODES, TrustCase, crop_cases, trust_cases
-from preprocessing.volume import CTVolume
+from covidct.preprocessing.synthetic.non_chest import make_abdomen, make_head, make_thighs
+from covidct.preprocessing.synthetic.phantom import make_phantom
+from covidct.preprocessing.synthetic.trust_cases import REASON_CODES, TrustCase, crop_cases, trust_cases
+from covidct.preprocessing.volume import CTVolume
 
 GENERATORS = {"abdomen": make_abdomen, "head": make_head, "thighs": make_thighs}
 #: (field of view, scan extent) in mm of each generator.

@@ -7,6 +7,15 @@ trained on real chest CT: ``efficientnet_lite`` (``efficientnet_lite0``, ImageNe
 and ``unet_lite`` (``unet_lite0``: a U-Net over the same encoder).
 """
 
-from training.models import attention_unet, cnn6, efficientnet, efficientnet_lite, fcn8s, resnet_v2, unet, unet_lite
+from covidct.training.models import (
+    attention_unet,
+    cnn6,
+    efficientnet,
+    efficientnet_lite,
+    fcn8s,
+    resnet_v2,
+    unet,
+    unet_lite,
+)
 
 __all__ = ["attention_unet", "cnn6", "efficientnet", "efficientnet_lite", "fcn8s", "resnet_v2", "unet", "unet_lite"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.unet import DoubleConv
-from training.registry import ModelConfig, register_model
+from covidct.training.models.unet import DoubleConv
+from covidct.training.registry import ModelConfig, register_model
 
 
 class AttentionGate(nn.Module):

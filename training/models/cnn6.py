@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from training.registry import ModelConfig, register_model
+from covidct.training.registry import ModelConfig, register_model
 
 
 class ConvBlock(nn.Sequential):

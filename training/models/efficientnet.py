@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from training.registry import ModelConfig, register_model
+from covidct.training.registry import ModelConfig, register_model
 
 # (expand ratio, kernel, stride, out channels, repeats) of EfficientNet-B0
 B0_STAGES = (

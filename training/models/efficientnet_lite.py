@@ -16,7 +16,7 @@ input, windowed HU in [0, 1], is mapped to the [-1, 1] range the weights were tr
 
 ``efficientnet_lite0``: classifier, input ``[B, C, S, S]`` float32 (S divisible by 32,
 native 224) -> logits ``[B, num_outputs]``. :class:`LiteEncoder` is reused by the
-``unet_lite0`` segmenter (:mod:`training.models.unet_lite`).
+``unet_lite0`` segmenter (:mod:`covidct.training.models.unet_lite`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from covidct.errors import CheckpointError, ConfigError
-from training.models.efficientnet import residual_with_drop_path
-from training.registry import ModelConfig, register_model
+from covidct.training.models.efficientnet import residual_with_drop_path
+from covidct.training.registry import ModelConfig, register_model
 
 #: (expand ratio, kernel, stride, out channels, repeats) of EfficientNet-Lite0.
 LITE0_STAGES = (

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.registry import ModelConfig, register_model
+from covidct.training.registry import ModelConfig, register_model
 
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
 VGG16_WIDTHS = (1, 2, 4, 8, 8)

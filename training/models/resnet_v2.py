@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.registry import ModelConfig, register_model
+from covidct.training.registry import ModelConfig, register_model
 
 STAGE_BLOCKS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)

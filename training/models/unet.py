@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.registry import ModelConfig, register_model
+from covidct.training.registry import ModelConfig, register_model
 
 
 class DoubleConv(nn.Sequential):

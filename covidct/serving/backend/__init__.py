@@ -4,7 +4,7 @@ Every Python step of the ensemble says ``backend: "covidct"`` in its ``config.pb
 names its step in a ``step`` parameter; Triton then runs the one ``TritonPythonModel`` in
 :file:`model.py` beside this file through the Python backend's ``libtriton_python.so``.
 The file must sit at ``<backend-directory>/covidct/model.py``: the launcher
-(:mod:`covidct.triton_server`) copies it there, the Docker image bakes it into
+(:func:`covidct.app.triton_install.prepare_backend`) copies it there, the Docker image bakes it into
 ``/opt/tritonserver/backends/covidct/``. No model folder carries a ``model.py``.
 
 ``model.py`` imports ``triton_python_backend_utils``, which exists only inside Triton's

@@ -2,11 +2,11 @@
 
 1. synthetic chest CT patients (phantoms with and without COVID-like lesions);
 2. the networks: by default the shipped ones trained on public real chest CT
-   (:mod:`training.shipped`); with ``models="demo"`` (``covidct demo --demo-models``) the
-   small phantom-trained demo models (:func:`training.demo_models.train_demo_models`);
-3. the ``portable`` model repository (:func:`export.repository.build_repository`);
-4. a local Triton server (:class:`covidct.triton_server.TritonServer`);
-5. one gRPC request per patient (:func:`client.submit.submit`), the client's table of
+   (:mod:`covidct.training.shipped`); with ``models="demo"`` (``covidct demo --demo-models``) the
+   small phantom-trained demo models (:func:`covidct.training.demo_models.train_demo_models`);
+3. the ``portable`` model repository (:func:`covidct.export.repository.build_repository`);
+4. a local Triton server (:class:`covidct.app.triton_server.TritonServer`);
+5. one gRPC request per patient (:func:`covidct.client.submit.submit`), the client's table of
    answers (positive / negative / not assessable, with the model card's warning);
 6. ``demo_config.json`` (resolved settings) and ``results.json`` in the output folder.
 
@@ -41,7 +41,7 @@ class DemoConfig:
 
     slice_counts: one synthetic patient per entry; even positions carry COVID-like
         lesions, odd positions none. size: slice size in pixels (square).
-    models: ``"shipped"`` (networks trained on real chest CT, :mod:`training.shipped`) or
+    models: ``"shipped"`` (networks trained on real chest CT, :mod:`covidct.training.shipped`) or
         ``"demo"`` (phantom-trained demo models, trained here in about a minute).
     quick: train the demo models in their quick mode (tests; lower accuracy).
     include_real: also send ``real_series`` from ``$COVIDCT_DATA_DIR`` when it is set.
@@ -65,18 +65,18 @@ class DemoCase:
 
     name: str
     truth: str
-    volume: Any  # preprocessing.volume.CTVolume
+    volume: Any  # covidct.preprocessing.volume.CTVolume
     truth_positive: bool | None = None
 
 
 def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[DemoCase]:
     """Phantom patients for ``config.slice_counts`` (alternating positive / negative)."""
-    from tqdm import tqdm
+    from covidct.progress import progress as progress_bar
 
-    from preprocessing.synthetic.phantom import make_phantom
+    from covidct.preprocessing.synthetic.phantom import make_phantom
 
     cases = []
-    for i, num_slices in enumerate(tqdm(config.slice_counts, desc="synthetic patients", disable=not progress)):
+    for i, num_slices in enumerate(progress_bar(config.slice_counts, desc="synthetic patients", disable=not progress)):
         covid = i % 2 == 0
         phantom = make_phantom(num_slices, size=config.size, covid=covid, seed=config.seed + i)
         label = "synthetic phantom with lesions" if covid else "synthetic phantom without lesions"
@@ -86,8 +86,8 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[DemoCase]
 
 def real_case(data_dir: Path, series: str) -> DemoCase:
     """The real series ``series`` of the COVID-CT-MD samples, with its diagnosis from labels.csv."""
-    from preprocessing.io.series_reader import read_series
-    from training.file_sources import patient_diagnoses
+    from covidct.preprocessing.io.series_reader import read_series
+    from covidct.training.file_sources import patient_diagnoses
 
     truth = patient_diagnoses(data_dir / "labels.csv").get(series) or "unknown"
     volume = read_series(data_dir / series)
@@ -104,14 +104,14 @@ def _timed(label: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
 
 def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``results.json``) the per-patient results."""
-    from client.batch import PatientOutcome
-    from client.report import format_table, report_dict
-    from client.submit import submit
-    from covidct.triton_server import ServerConfig, TritonServer
-    from export.config import RepositoryOptions
-    from export.repository import build_repository
-    from training.demo_models import train_demo_models
-    from training.shipped import shipped_checkpoint
+    from covidct.client.batch import PatientOutcome
+    from covidct.client.report import format_table, report_dict
+    from covidct.client.submit import submit
+    from covidct.app.triton_server import ServerConfig, TritonServer
+    from covidct.export.config import RepositoryOptions
+    from covidct.export.repository import build_repository
+    from covidct.training.demo_models import train_demo_models
+    from covidct.training.shipped import shipped_checkpoint
 
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from covidct.errors import ConfigError, CovidCTError, RestartLimitError
 from covidct.serving.tensors import ENSEMBLE
-from covidct.supervisor import SupervisedServer, SupervisorConfig
-from covidct.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, MIB, GrpcTls, ServerConfig
+from covidct.app.supervisor import SupervisedServer, SupervisorConfig
+from covidct.app.triton_server import ADMIN_HEADER, GRPC_ADMIN_HEADER, MIB, GrpcTls, ServerConfig
 
 ADMIN_KEY_ENV = "COVIDCT_ADMIN_KEY"
 CACHE_ENV = "COVIDCT_CACHE_DIR"
@@ -88,7 +88,7 @@ def _add_probe(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
-    from covidct.demo import DemoConfig
+    from covidct.app.demo import DemoConfig
 
     defaults = DemoConfig()
     demo = subparsers.add_parser(
@@ -156,9 +156,9 @@ def shipped_repository(cache_dir: Path | None = None) -> Path:
     Kept in ``cache_dir`` (default ``$COVIDCT_CACHE_DIR``, else ``~/.cache/covidct-triton``)
     under the first 12 hex digits of both weights' SHA-256, so new weights export anew.
     """
-    from export.repository import build_repository
-    from training.model_card import file_sha256
-    from training.shipped import shipped_checkpoint
+    from covidct.export.repository import build_repository
+    from covidct.training.model_card import file_sha256
+    from covidct.training.shipped import shipped_checkpoint
 
     checkpoints = {role: shipped_checkpoint(role) for role in ("classifier", "segmenter")}
     key = "-".join(file_sha256(p / "weights.pt")[:12] for p in checkpoints.values())
@@ -219,7 +219,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Exit code 0 healthy, 1 unhealthy; one line on stdout (healthy) or stderr (not)."""
-    from covidct import health
+    from covidct.app import health
 
     port = args.url.rstrip("/").rsplit(":", 1)[-1]
     server_pid = health.find_server(int(port)) if port.isdigit() else None
@@ -235,7 +235,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from covidct.demo import DemoConfig, run_demo
+    from covidct.app.demo import DemoConfig, run_demo
 
     config = DemoConfig(
         output_dir=str(args.output),
