@@ -76,7 +76,8 @@ def synthetic_cases(config: DemoConfig, progress: bool = True) -> list[DemoCase]
     from covidct.preprocessing.synthetic.phantom import make_phantom
 
     cases = []
-    for i, num_slices in enumerate(progress_bar(config.slice_counts, desc="synthetic patients", disable=not progress)):
+    counts = progress_bar(config.slice_counts, desc="synthetic patients", unit="patient", disable=not progress)
+    for i, num_slices in enumerate(counts):
         covid = i % 2 == 0
         phantom = make_phantom(num_slices, size=config.size, covid=covid, seed=config.seed + i)
         label = "synthetic phantom with lesions" if covid else "synthetic phantom without lesions"
