@@ -30,8 +30,8 @@ def is_terminal(stream: TextIO | None) -> bool:
 class LineProgress:
     """The part of tqdm's surface the bundle uses, printing one line at the end instead of a bar.
 
-    Supports iteration, ``update``, ``set_postfix``/``set_postfix_str``, ``set_description``,
-    ``write``, ``close`` and use as a context manager. ``total`` and ``unit`` only word the line.
+    Supports iteration, ``update``, ``set_postfix``/``set_postfix_str``, ``close`` and use as a
+    context manager. ``total`` and ``unit`` only word the line.
     """
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, desc: str = "", total: int | None = None,
@@ -58,9 +58,6 @@ class LineProgress:
         finally:
             self.close()
 
-    def __len__(self) -> int:
-        return int(self.total or 0)
-
     def __enter__(self) -> LineProgress:
         return self
 
@@ -76,13 +73,6 @@ class LineProgress:
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = str(s)
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = desc or ""
-
-    def write(self, s: str, file: TextIO | None = None) -> None:
-        """One line of text (tqdm.write's place: the line a bar would otherwise overwrite)."""
-        print(s, file=file if file is not None else sys.stdout, flush=True)
 
     def line(self) -> str:
         """The stage's one line: ``<desc>: <n>[/<total>] <unit> in <s> s[ (<postfix>)]``."""

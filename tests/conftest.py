@@ -10,6 +10,20 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def bundle_modules() -> list[Path]:
+    """Every .py file Python imports as covidct.* (covidct/ and the folders it links)."""
+    import covidct
+
+    root = Path(covidct.__file__).parent
+    return sorted(
+        Path(folder, name)
+        for folder, _, names in os.walk(root, followlinks=True)
+        if "__pycache__" not in folder
+        for name in names
+        if name.endswith(".py")
+    )
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The COVID-CT-MD sample series (folder with P002/, cap002/, normal002/, labels.csv).

@@ -8,8 +8,6 @@ inputs are the step functions' parameters, their outputs the keys the functions 
 from __future__ import annotations
 
 import inspect
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from covidct.serving.backend import BACKEND_NAME
 from covidct.serving.step_model import build_step, step_name
 from covidct.serving.steps import preprocess_step, vote_step
 from covidct.export.pbtxt import get_parameter, input_specs, output_specs, read_config
+from tests.conftest import bundle_modules
 from covidct.export.validate import validate_repository
 from covidct.preprocessing.config import PipelineConfig
 from covidct.preprocessing.synthetic.phantom import make_phantom
@@ -117,10 +116,6 @@ def test_unknown_step_is_a_config_error(tmp_path) -> None:
 
 
 def test_exactly_one_triton_python_model_class() -> None:
-    # The whole namespace as Python imports it (covidct/ and the folders it links).
     root = source_repository().parent
-    hits = [
-        Path(folder, name) for folder, _, names in os.walk(root, followlinks=True) for name in names
-        if name.endswith(".py") and "class TritonPythonModel" in Path(folder, name).read_text(encoding="utf-8")
-    ]
+    hits = [path for path in bundle_modules() if "class TritonPythonModel" in path.read_text(encoding="utf-8")]
     assert [p.relative_to(root).as_posix() for p in hits] == ["serving/backend/model.py"]

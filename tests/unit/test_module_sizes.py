@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
 
 import covidct
 
+from tests.conftest import bundle_modules
+
 MAX_LINES = 400
 REASON = "Longer than 400 lines because"
-
-
-def bundle_modules() -> list[Path]:
-    """Every .py file Python imports as covidct.* (covidct/ and the folders it links)."""
-    root = Path(covidct.__file__).parent
-    return sorted(
-        Path(folder, name)
-        for folder, _, names in os.walk(root, followlinks=True)
-        if "__pycache__" not in folder
-        for name in names
-        if name.endswith(".py")
-    )
 
 
 def test_the_walk_sees_the_linked_folders() -> None:
